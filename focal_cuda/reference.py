@@ -1,0 +1,279 @@
+"""Plain PyTorch focal losses: the ground truth the kernels are tested against.
+
+Written for clarity and numerical stability, not speed. Every function computes in the
+dtype of its input (upcast the input to float64 for a ground truth), validates its own
+arguments, and is differentiable with ordinary autograd. Only ``torch`` is imported, so
+this module works without the compiled extension.
+
+Stability choices, each needed for finite values and gradients at extreme inputs:
+- log p and log(1 - p) of a sigmoid come from ``F.logsigmoid(x)`` and ``F.logsigmoid(-x)``;
+- 1 - p_t is formed as ``p * (1 - t) + (1 - p) * t`` (no cancellation near p_t = 1);
+- 1 - p of a softmax is ``-expm1(log_softmax)`` (no cancellation near p = 1);
+- (1 - p_t) ** gamma is taken only where 1 - p_t > 0, so 0 < gamma < 1 never forms
+  an infinite derivative at 1 - p_t == 0;
+- the probability-space loss clamps its logs at -100 as ``torch.nn.BCELoss`` does.
+"""
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["sigmoid_focal_loss", "softmax_focal_loss", "binary_focal_loss"]
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _check_reduction(reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _check_floating(name, tensor):
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor, got dtype {tensor.dtype}")
+
+
+def _check_gamma(gamma):
+    gamma = float(gamma)
+    if not gamma >= 0.0 or gamma == float("inf"):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+    return gamma
+
+
+def _check_label_smoothing(label_smoothing):
+    label_smoothing = float(label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    return label_smoothing
+
+
+def _binary_alpha(alpha):
+    """None or a negative alpha disables the positive/negative weighting."""
+    if alpha is None:
+        return None
+    alpha = float(alpha)
+    if alpha != alpha or alpha in (float("inf"), float("-inf")):
+        raise ValueError(f"alpha must be finite, got {alpha}")
+    return None if alpha < 0 else alpha
+
+
+def _power(base, gamma):
+    """base ** gamma for base >= 0, with a finite gradient where base == 0 (even for gamma < 1)."""
+    positive = base > 0
+    safe_base = torch.where(positive, base, torch.ones_like(base))
+    value_at_zero = 1.0 if gamma == 0 else 0.0
+    return torch.where(positive, safe_base**gamma, torch.full_like(base, value_at_zero))
+
+
+def _reduce(loss, reduction, count, normalizer):
+    """Reduce per-element (or per-row) losses; a "mean" over nothing is 0 with zero gradient."""
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    if normalizer is not None:
+        if isinstance(normalizer, torch.Tensor):
+            if normalizer.dim() != 0:
+                raise ValueError(
+                    f"normalizer must be a float or a 0-dim tensor, got shape {tuple(normalizer.shape)}"
+                )
+            normalizer = normalizer.to(device=total.device, dtype=total.dtype)
+        return (total / normalizer).to(loss.dtype)
+    # every ignored entry contributes an exact 0 to total, so clamping the count keeps 0 / 0 -> 0
+    return total / torch.clamp(count, min=1).to(total.dtype)
+
+
+def _binary_focal_terms(prob, one_minus_prob, log_prob, log_one_minus_prob, target, alpha, gamma):
+    """-a_t * (1 - p_t) ** gamma * [t * log p + (1 - t) * log(1 - p)], element-wise."""
+    one_minus_pt = prob * (1 - target) + one_minus_prob * target
+    cross_entropy = -(target * log_prob + (1 - target) * log_one_minus_prob)
+    loss = _power(one_minus_pt, gamma) * cross_entropy
+    if alpha is not None:
+        alpha_t = alpha * target + (1 - alpha) * (1 - target)
+        loss = alpha_t * loss
+    return loss
+
+
+def sigmoid_focal_loss(
+    input,
+    target,
+    alpha=0.25,
+    gamma=2.0,
+    reduction="none",
+    *,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    normalizer=None,
+):
+    """Focal loss on logits, element-wise binary (torchvision's argument order and defaults).
+
+    ``target`` is either a floating tensor of ``input``'s shape (dense, soft targets allowed)
+    or an integer tensor of shape ``input.shape[:-1]`` (class index: ``0 <= t < C`` positive
+    class, ``t == C`` background, ``t == ignore_index`` ignores the whole row).
+    """
+    _check_floating("input", input)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    _check_reduction(reduction)
+    gamma = _check_gamma(gamma)
+    label_smoothing = _check_label_smoothing(label_smoothing)
+    alpha = _binary_alpha(alpha)
+
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(
+                f"target (dense) must have the shape of input {tuple(input.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
+        dense_target = target.to(input.dtype)
+        valid = torch.ones_like(input, dtype=torch.bool)
+    elif not target.is_complex() and target.dtype != torch.bool:
+        if input.dim() == 0 or target.shape != input.shape[:-1]:
+            raise ValueError(
+                f"target (class index) must have shape input.shape[:-1] = {tuple(input.shape[:-1])}, "
+                f"got {tuple(target.shape)}"
+            )
+        num_classes = input.shape[-1]
+        target = target.long()
+        ignored_rows = target == ignore_index
+        in_range = (target >= 0) & (target <= num_classes)
+        if bool((~(ignored_rows | in_range)).any()):
+            raise ValueError(
+                f"target class indices must be in [0, {num_classes}] or equal ignore_index "
+                f"({ignore_index}), got values in [{int(target.min())}, {int(target.max())}]"
+            )
+        # class C (background) one-hot encodes to all zeros, an ignored row to zeros as well
+        positive_class = torch.where(ignored_rows | (target == num_classes), num_classes, target)
+        dense_target = F.one_hot(positive_class, num_classes + 1)[..., :num_classes].to(input.dtype)
+        valid = (~ignored_rows).unsqueeze(-1).expand(input.shape)
+    else:
+        raise TypeError(f"target must be a floating or integer tensor, got dtype {target.dtype}")
+
+    if label_smoothing > 0:
+        dense_target = dense_target * (1 - label_smoothing) + 0.5 * label_smoothing
+
+    loss = _binary_focal_terms(
+        torch.sigmoid(input),
+        torch.sigmoid(-input),
+        F.logsigmoid(input),
+        F.logsigmoid(-input),
+        dense_target,
+        alpha,
+        gamma,
+    )
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    return _reduce(loss, reduction, valid.sum(), normalizer)
+
+
+def _softmax_alpha(alpha, num_classes, input):
+    """None, a float for every class, or anything holding C per-class weights -> tensor of shape (C,)."""
+    if alpha is None:
+        return None
+    if isinstance(alpha, numbers.Number):
+        return torch.full((num_classes,), float(alpha), dtype=input.dtype, device=input.device)
+    alpha = torch.as_tensor(alpha)
+    if alpha.numel() != num_classes:
+        raise ValueError(
+            f"alpha must hold one weight per class ({num_classes}), got {alpha.numel()} "
+            f"(shape {tuple(alpha.shape)})"
+        )
+    return alpha.reshape(num_classes).to(dtype=input.dtype, device=input.device)
+
+
+def softmax_focal_loss(
+    input,
+    target,
+    alpha=None,
+    gamma=2.0,
+    reduction="mean",
+    *,
+    ignore_index=-100,
+    label_smoothing=0.0,
+    normalizer=None,
+):
+    """Multi-class focal loss shaped like ``F.cross_entropy``.
+
+    ``input`` is ``(N, C)``, ``(N, C, d1, ..., dk)`` or ``(C,)``; ``target`` holds class
+    indices of shape ``(N)``, ``(N, d1, ..., dk)`` or ``()``. With the smoothed target
+    distribution q = (1 - s) * onehot + s / C and p = softmax(input) over dim 1:
+    ``loss_row = -sum_c q_c * alpha_c * (1 - p_c) ** gamma * log p_c``.
+    """
+    _check_floating("input", input)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must be an integer tensor of class indices, got dtype {target.dtype}")
+    _check_reduction(reduction)
+    gamma = _check_gamma(gamma)
+    label_smoothing = _check_label_smoothing(label_smoothing)
+
+    unbatched = input.dim() == 1
+    if unbatched:
+        if target.dim() != 0:
+            raise ValueError(f"target must be 0-dim for an unbatched (C,) input, got shape {tuple(target.shape)}")
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+    if input.dim() < 2:
+        raise ValueError(f"input must be (C,), (N, C) or (N, C, d1, ..., dk), got shape {tuple(input.shape)}")
+    expected_target_shape = input.shape[:1] + input.shape[2:]
+    if target.shape != expected_target_shape:
+        raise ValueError(
+            f"target must have shape {tuple(expected_target_shape)} for input of shape "
+            f"{tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    num_classes = input.shape[1]
+    alpha = _softmax_alpha(alpha, num_classes, input)
+
+    target = target.long()
+    ignored = target == ignore_index
+    in_range = (target >= 0) & (target < num_classes)
+    if bool((~(ignored | in_range)).any()):
+        raise ValueError(
+            f"target class indices must be in [0, {num_classes - 1}] or equal ignore_index "
+            f"({ignore_index}), got values in [{int(target.min())}, {int(target.max())}]"
+        )
+    safe_target = torch.where(ignored, 0, target)
+
+    log_prob = F.log_softmax(input, dim=1)
+    one_minus_prob = -torch.expm1(log_prob)
+    # per class: -alpha_c * (1 - p_c) ** gamma * log p_c, then weighted by q_c over dim 1
+    class_loss = -_power(one_minus_prob, gamma) * log_prob
+    if alpha is not None:
+        class_shape = (1, num_classes) + (1,) * (input.dim() - 2)
+        class_loss = class_loss * alpha.reshape(class_shape)
+    target_loss = class_loss.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+    loss = (1 - label_smoothing) * target_loss
+    if label_smoothing > 0:
+        loss = loss + (label_smoothing / num_classes) * class_loss.sum(dim=1)
+    loss = torch.where(ignored, torch.zeros_like(loss), loss)
+
+    if unbatched:
+        loss, ignored = loss.squeeze(0), ignored.squeeze(0)
+    return _reduce(loss, reduction, (~ignored).sum(), normalizer)
+
+
+def binary_focal_loss(prob, target, alpha=0.25, gamma=2.0, reduction="mean"):
+    """Binary focal loss on probabilities; logs clamped at -100 as ``torch.nn.BCELoss`` does."""
+    _check_floating("prob", prob)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if not target.is_floating_point():
+        raise TypeError(f"target must be a floating point tensor, got dtype {target.dtype}")
+    if target.shape != prob.shape:
+        raise ValueError(f"target must have the shape of prob {tuple(prob.shape)}, got {tuple(target.shape)}")
+    _check_reduction(reduction)
+    gamma = _check_gamma(gamma)
+    alpha = _binary_alpha(alpha)
+    target = target.to(prob.dtype)
+
+    def clamped_log(x):
+        # log(0) = -inf has an undefined gradient; clamp first so the gradient there is 0
+        positive = x > 0
+        safe_x = torch.where(positive, x, torch.ones_like(x))
+        return torch.where(positive, torch.log(safe_x).clamp(min=-100), torch.full_like(x, -100.0))
+
+    loss = _binary_focal_terms(prob, 1 - prob, clamped_log(prob), clamped_log(1 - prob), target, alpha, gamma)
+    return _reduce(loss, reduction, torch.tensor(loss.numel(), device=loss.device), None)
