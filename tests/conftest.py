@@ -1,0 +1,82 @@
+"""Shared test configuration: devices, the tolerance table, seeding, and the reference comparison."""
+
+import zlib
+
+import pytest
+import torch
+
+# CUDA cases are always collected and skip only when no GPU is usable.
+devices = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+    ),
+]
+
+floating_dtypes = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+# Comparison of a focal_cuda result in `dtype` against the float64 reference on the same values.
+# Low precision: the kernel rounds once for the stored per-element gradient and once after applying
+# grad_output, so rtol is about two ulps of the format (bf16 2**-8, fp16 2**-10 with margin).
+tolerances = {
+    torch.float64: dict(rtol=1e-7, atol=1e-10),
+    torch.float32: dict(rtol=1e-4, atol=1e-5),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4),
+    torch.float16: dict(rtol=2e-3, atol=2e-5),
+}
+
+reductions = ["none", "mean", "sum"]
+gammas = [0.0, 0.5, 1.0, 2.0, 2.5, 5.0]
+
+
+@pytest.fixture(params=devices)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed_from_test_id(request):
+    """Each test gets its own fixed seed, so a failure reproduces from its node id alone."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def to_ground_truth(value):
+    """float64 copy of a floating tensor (same values), other arguments unchanged."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.detach().to(torch.float64)
+    return value
+
+
+def assert_close(actual, expected, dtype, what):
+    """Compare in float64 with the tolerance of `dtype`; `what` names the compared quantity."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    torch.testing.assert_close(
+        actual.detach().to("cpu", torch.float64),
+        expected.detach().to("cpu", torch.float64),
+        **tolerances[dtype],
+        msg=lambda message: f"{what} ({dtype}): {message}",
+    )
+
+
+def check_against_reference(function, reference_function, input, target, *args, **kwargs):
+    """Loss and gradient (under a random grad_output) of `function` in input's dtype equal the
+    float64 reference on the same values, within the tolerance table. Returns the loss."""
+    dtype = input.dtype
+    input_leaf = input.detach().clone().requires_grad_(True)
+    loss = function(input_leaf, target, *args, **kwargs)
+
+    truth_leaf = to_ground_truth(input).requires_grad_(True)
+    truth_args = [to_ground_truth(a) for a in args]
+    truth_kwargs = {k: to_ground_truth(v) for k, v in kwargs.items()}
+    expected = reference_function(truth_leaf, to_ground_truth(target), *truth_args, **truth_kwargs)
+
+    assert loss.dtype == dtype, f"loss dtype {loss.dtype} != input dtype {dtype}"
+    assert loss.device == input.device
+    assert_close(loss, expected, dtype, "loss")
+
+    grad_output = torch.randn(loss.shape, dtype=dtype, device=input.device)
+    (grad,) = torch.autograd.grad(loss, input_leaf, grad_output)
+    (expected_grad,) = torch.autograd.grad(expected, truth_leaf, grad_output.to(torch.float64))
+    assert grad.dtype == dtype
+    assert_close(grad, expected_grad, dtype, "gradient")
+    return loss
