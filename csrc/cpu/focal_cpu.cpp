@@ -1,0 +1,92 @@
+// CPU backend: prepares outputs, runs the kernels for the processor's instruction set, registers the ops.
+#include "focal_cpu_kernels.h"
+
+#include "../focal_math.h"
+#include "../ops.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+
+namespace focal {
+namespace {
+
+// AVX2+FMA kernels where the processor has them; FOCAL_CUDA_CPU_BASE=1 forces the portable ones.
+bool use_avx2_kernels() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool use = std::getenv("FOCAL_CUDA_CPU_BASE") == nullptr && __builtin_cpu_supports("avx2") &&
+                          __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return use;
+#else
+  return false;
+#endif
+}
+
+// Output buffers of a forward call: per-element (or per-row) loss for 'none', gradient when asked.
+cpu::ForwardArgs make_args(const at::Tensor& input, const at::Tensor& target, at::IntArrayRef loss_shape,
+                           int64_t reduction, bool compute_grad) {
+  cpu::ForwardArgs args;
+  args.input = input.contiguous();
+  args.target = target.contiguous();
+  if (reduction == kNone) args.loss_none = at::empty(loss_shape, input.options());
+  if (compute_grad) args.grad = at::empty(input.sizes(), input.options());
+  return args;
+}
+
+LossGradScale finish(const cpu::ForwardArgs& args, const cpu::ForwardSums& sums,
+                     const std::optional<at::Tensor>& normalizer, int64_t reduction) {
+  const auto opmath = args.input.options().dtype(opmath_dtype(args.input));
+  return finish_forward(args.input, args.loss_none, at::scalar_tensor(sums.loss_sum, opmath),
+                        at::scalar_tensor(static_cast<double>(sums.count), opmath), args.grad, normalizer, reduction);
+}
+
+LossGradScale sigmoid_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& target, double alpha, double gamma,
+                                    int64_t reduction, int64_t ignore_index, double label_smoothing,
+                                    const std::optional<at::Tensor>& normalizer, bool compute_grad) {
+  check_sigmoid_args(input, target, reduction, normalizer);
+  cpu::ForwardArgs args = make_args(input, target, input.sizes(), reduction, compute_grad);
+  args.gamma = gamma;
+  args.label_smoothing = label_smoothing;
+  args.ignore_index = ignore_index;
+  const auto sums = use_avx2_kernels() ? cpu::avx2::sigmoid_focal_forward(args, alpha)
+                                       : cpu::base::sigmoid_focal_forward(args, alpha);
+  return finish(args, sums, normalizer, reduction);
+}
+
+LossGradScale softmax_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& target,
+                                    const std::optional<at::Tensor>& alpha, double gamma, int64_t reduction,
+                                    int64_t ignore_index, double label_smoothing,
+                                    const std::optional<at::Tensor>& normalizer, bool compute_grad) {
+  check_softmax_args(input, target, alpha, reduction, normalizer);
+  cpu::ForwardArgs args = make_args(input, target, target.sizes(), reduction, compute_grad);
+  args.gamma = gamma;
+  args.label_smoothing = label_smoothing;
+  args.ignore_index = ignore_index;
+  const at::Tensor alpha_c = alpha.has_value() ? alpha->contiguous() : at::Tensor();
+  const auto sums = use_avx2_kernels() ? cpu::avx2::softmax_focal_forward(args, alpha_c)
+                                       : cpu::base::softmax_focal_forward(args, alpha_c);
+  return finish(args, sums, normalizer, reduction);
+}
+
+LossGradScale binary_focal_fwd_cpu(const at::Tensor& prob, const at::Tensor& target, double alpha, double gamma,
+                                   int64_t reduction, bool compute_grad) {
+  check_binary_args(prob, target, reduction);
+  cpu::ForwardArgs args = make_args(prob, target, prob.sizes(), reduction, compute_grad);
+  args.gamma = gamma;
+  const auto sums = use_avx2_kernels() ? cpu::avx2::binary_focal_forward(args, alpha)
+                                       : cpu::base::binary_focal_forward(args, alpha);
+  return finish(args, sums, std::nullopt, reduction);
+}
+
+}  // namespace
+}  // namespace focal
+
+TORCH_LIBRARY_IMPL(focal_cuda, CPU, m) {
+  m.impl("sigmoid_focal_fwd", &focal::sigmoid_focal_fwd_cpu);
+  m.impl("softmax_focal_fwd", &focal::softmax_focal_fwd_cpu);
+  m.impl("binary_focal_fwd", &focal::binary_focal_fwd_cpu);
+  m.impl("sigmoid_focal_bwd", &focal::elementwise_focal_bwd);
+  m.impl("softmax_focal_bwd", &focal::softmax_focal_bwd);
+  m.impl("binary_focal_bwd", &focal::elementwise_focal_bwd);
+}

@@ -1,0 +1,42 @@
+// CPU forward kernels, declared once and compiled twice (kernels_base.cpp, kernels_avx2.cpp); the CPU
+// backend picks one at run time from the processor's features.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace focal::cpu {
+
+// What a forward pass leaves besides the per-element outputs: the sum of all losses (in double, summed
+// over fixed-size blocks in order, so it does not depend on the thread count) and the number of counted
+// (non-ignored) elements or rows, the "mean" denominator.
+struct ForwardSums {
+  double loss_sum = 0.0;
+  int64_t count = 0;
+};
+
+// Common arguments. Tensors are contiguous; loss_none / grad are undefined when not wanted.
+struct ForwardArgs {
+  at::Tensor input;
+  at::Tensor target;
+  at::Tensor loss_none;  // per-element (sigmoid, binary) or per-row (softmax) loss, input dtype
+  at::Tensor grad;       // d(sum of losses)/d(input), input dtype
+  double gamma = 2.0;
+  double label_smoothing = 0.0;
+  int64_t ignore_index = -100;
+};
+
+#define FOCAL_DECLARE_CPU_KERNELS(NS)                                                                     \
+  namespace NS {                                                                                          \
+  /* alpha < 0 disables alpha */                                                                          \
+  ForwardSums sigmoid_focal_forward(const ForwardArgs& args, double alpha);                              \
+  /* alpha: undefined or C weights in the opmath dtype */                                                 \
+  ForwardSums softmax_focal_forward(const ForwardArgs& args, const at::Tensor& alpha);                   \
+  ForwardSums binary_focal_forward(const ForwardArgs& args, double alpha);                               \
+  }
+FOCAL_DECLARE_CPU_KERNELS(base)
+FOCAL_DECLARE_CPU_KERNELS(avx2)
+#undef FOCAL_DECLARE_CPU_KERNELS
+
+}  // namespace focal::cpu

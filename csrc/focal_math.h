@@ -1,0 +1,146 @@
+// The one place the focal-loss formulas live. Shared by the CPU kernels (instantiated with float/double
+// and with at::vec::Vectorized<float/double>) and the CUDA kernels (float/double on the device).
+//
+// Every function is a template over the math type T. The primitives fm_* below cover the scalar types;
+// csrc/cpu/vec_math.h adds overloads for Vectorized and must be included before this header there.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace focal {
+
+// Same codes as at::Reduction.
+enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
+
+// Integer gammas with an unrolled power; kGammaAny calls pow.
+constexpr int kGammaAny = -1;
+
+// ---- scalar primitives -------------------------------------------------------------------------------
+#define FOCAL_SCALAR_PRIMITIVES(T)                                                             \
+  C10_HOST_DEVICE inline T fm_exp(T x) { return std::exp(x); }                                 \
+  C10_HOST_DEVICE inline T fm_expm1(T x) { return std::expm1(x); }                             \
+  C10_HOST_DEVICE inline T fm_log(T x) { return std::log(x); }                                 \
+  C10_HOST_DEVICE inline T fm_log1p(T x) { return std::log1p(x); }                             \
+  C10_HOST_DEVICE inline T fm_abs(T x) { return std::abs(x); }                                 \
+  C10_HOST_DEVICE inline T fm_pow(T x, T y) { return std::pow(x, y); }                         \
+  C10_HOST_DEVICE inline T fm_max(T a, T b) { return a != a ? a : (a > b ? a : b); }           \
+  C10_HOST_DEVICE inline T fm_select(bool cond, T a, T b) { return cond ? a : b; }
+FOCAL_SCALAR_PRIMITIVES(float)
+FOCAL_SCALAR_PRIMITIVES(double)
+#undef FOCAL_SCALAR_PRIMITIVES
+
+// ---- modulating factor u**gamma and its derivative -----------------------------------------------------
+
+// u**gamma with u = 1 - p_t in [0, 1].
+template <int G, typename T>
+C10_HOST_DEVICE inline T modulating_factor(T u, T gamma) {
+  if constexpr (G == 0) {
+    return T(1);
+  } else if constexpr (G == 1) {
+    return u;
+  } else if constexpr (G == 2) {
+    return u * u;
+  } else if constexpr (G == 3) {
+    return u * u * u;
+  } else {
+    return fm_pow(u, gamma);
+  }
+}
+
+// gamma * u**(gamma-1) * numer, where numer / u stays bounded as u -> 0. For 0 < gamma < 1 the factor
+// u**(gamma-1) alone is unbounded, so it is formed as m * (numer / u) with m = u**gamma.
+template <int G, typename T>
+C10_HOST_DEVICE inline T modulating_derivative(T u, T m, T gamma, T numer) {
+  if constexpr (G == 0) {
+    return T(0);
+  } else if constexpr (G == 1) {
+    return numer;
+  } else if constexpr (G == 2) {
+    return T(2) * u * numer;
+  } else if constexpr (G == 3) {
+    return T(3) * u * u * numer;
+  } else {
+    const T zero(0);
+    return gamma * m * fm_select(u > zero, numer / u, zero);
+  }
+}
+
+// ---- sigmoid focal loss on logits ------------------------------------------------------------------------
+
+// alpha enters as a_t = alpha_neg + alpha_diff * t (alpha_neg = 1 - alpha, alpha_diff = 2 alpha - 1;
+// disabled alpha is alpha_neg = 1, alpha_diff = 0).
+template <typename T>
+struct AlphaWeight {
+  T neg;
+  T diff;
+  C10_HOST_DEVICE T at(T t) const { return neg + diff * t; }
+};
+
+// Loss and d(loss)/dx of one logit x with (possibly soft) target t.
+// p = sigmoid(x), q = 1 - p, u = 1 - p_t = t q + (1 - t) p,
+// ce = -(t log p + (1 - t) log q) = max(x, 0) - t x + log1p(exp(-|x|)),
+// loss = a_t u**gamma ce, dloss/dx = a_t (u**gamma (p - t) + ce gamma u**(gamma-1) (1 - 2t) p q).
+template <int G, typename T>
+C10_HOST_DEVICE inline void sigmoid_focal_point(T x, T t, AlphaWeight<T> alpha, T gamma, T& loss, T& grad) {
+  const T zero(0), one(1);
+  const T e = fm_exp(-fm_abs(x));  // in (0, 1]: no overflow for any |x|
+  const T inv = one / (one + e);
+  const auto x_nonneg = x >= zero;
+  const T p = fm_select(x_nonneg, inv, e * inv);
+  const T q = fm_select(x_nonneg, e * inv, inv);  // 1 - p without cancellation
+  const T ce = fm_max(x, zero) - t * x + fm_log1p(e);
+  const T u = t * q + (one - t) * p;
+  const T m = modulating_factor<G>(u, gamma);
+  const T a = alpha.at(t);
+  loss = a * m * ce;
+  // p q / u is bounded: it tends to p (t = 1) or q (t = 0) as u -> 0.
+  grad = a * (m * (p - t) + ce * (one - t - t) * modulating_derivative<G>(u, m, gamma, p * q));
+}
+
+// ---- binary focal loss on probabilities ------------------------------------------------------------------
+
+// As sigmoid_focal_point, on p directly. Logs clamp at -100 and d(ce)/dp = (p - t) / max(p (1 - p), 1e-12),
+// both as torch.nn.BCELoss does, so p = 0 or 1 stays finite.
+template <int G, typename T>
+C10_HOST_DEVICE inline void binary_focal_point(T p, T t, AlphaWeight<T> alpha, T gamma, T& loss, T& grad) {
+  const T one(1), log_floor(-100), eps(1e-12);
+  const T q = one - p;
+  const T logp = fm_max(fm_log(p), log_floor);
+  const T logq = fm_max(fm_log(q), log_floor);
+  const T ce = -(t * logp + (one - t) * logq);
+  const T u = t * q + (one - t) * p;
+  const T m = modulating_factor<G>(u, gamma);
+  const T a = alpha.at(t);
+  loss = a * m * ce;
+  const T dce = (p - t) / fm_max(p * q, eps);
+  // ce / u is bounded as u -> 0 for hard targets (ce ~ u there).
+  grad = a * (m * dce + (one - t - t) * modulating_derivative<G>(u, m, gamma, ce));
+}
+
+// ---- softmax focal loss -----------------------------------------------------------------------------------
+
+// For one class c with log-probability logp and weight alpha_c:
+//   weighted_logp = alpha_c (1 - p)**gamma logp        (the row loss is -sum_c q_c weighted_logp_c)
+//   h             = alpha_c ((1 - p)**gamma - gamma p logp (1 - p)**(gamma-1))
+// so that d(row loss)/dx_j = -q_j h_j + p_j sum_c q_c h_c (q: smoothed target distribution).
+template <int G, typename T>
+C10_HOST_DEVICE inline void softmax_focal_class_terms(T logp, T alpha_c, T gamma, T& weighted_logp, T& h) {
+  const T p = fm_exp(logp);
+  const T u = -fm_expm1(logp);  // 1 - p without cancellation near p = 1
+  const T m = modulating_factor<G>(u, gamma);
+  weighted_logp = alpha_c * m * logp;
+  // p logp / (1 - p) -> -1 as p -> 1: bounded.
+  h = alpha_c * (m - modulating_derivative<G>(u, m, gamma, p * logp));
+}
+
+// Label smoothing as in F.cross_entropy / the design: on = 1 - s + s / C, off = s / C (softmax);
+// sigmoid targets become t (1 - s) + s / 2.
+template <typename T>
+C10_HOST_DEVICE inline T smooth_binary_target(T t, T smoothing) {
+  return t * (T(1) - smoothing) + T(0.5) * smoothing;
+}
+
+}  // namespace focal

@@ -1,0 +1,167 @@
+// The focal_cuda operator library: one schema per op, the tensor-level argument checks every backend runs,
+// and the device-independent glue around the kernels. Backends register in cpu/ and cuda/.
+#include "ops.h"
+
+#include "focal_math.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+namespace focal {
+namespace {
+
+void check_reduction(int64_t reduction) {
+  TORCH_CHECK_VALUE(reduction == kNone || reduction == kMean || reduction == kSum,
+                    "reduction: expected 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+}
+
+void check_floating(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name,
+                   ": expected a floating tensor (float16, bfloat16, float32, float64), got ", t.scalar_type());
+}
+
+void check_same_device(const at::Tensor& input, const at::Tensor& other, const char* name) {
+  TORCH_CHECK(other.device() == input.device(), name, ": expected a tensor on the input's device (",
+              input.device(), "), got one on ", other.device());
+}
+
+void check_normalizer(const at::Tensor& input, const std::optional<at::Tensor>& normalizer) {
+  if (!normalizer.has_value()) return;
+  const at::Tensor& n = *normalizer;
+  TORCH_CHECK_VALUE(n.dim() == 0, "normalizer: expected a number or a 0-dim tensor, got a tensor of shape ",
+                    n.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(n.scalar_type()) || at::isIntegralType(n.scalar_type(), false),
+                   "normalizer: expected a real number tensor, got ", n.scalar_type());
+  check_same_device(input, n, "normalizer");
+}
+
+// Dense targets share the input's shape and dtype (functional.py converts the dtype).
+void check_dense_target(const at::Tensor& input, const at::Tensor& target, const char* input_name) {
+  TORCH_CHECK_VALUE(target.sizes() == input.sizes(), "target: expected the shape of ", input_name, " ",
+                    input.sizes(), ", got ", target.sizes());
+  TORCH_CHECK_TYPE(target.scalar_type() == input.scalar_type(), "target: expected dtype ", input.scalar_type(),
+                   " (the ", input_name, "'s), got ", target.scalar_type());
+}
+
+}  // namespace
+
+at::ScalarType opmath_dtype(const at::Tensor& input) {
+  return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_sigmoid_args(const at::Tensor& input, const at::Tensor& target, int64_t reduction,
+                        const std::optional<at::Tensor>& normalizer) {
+  check_floating(input, "input");
+  check_reduction(reduction);
+  check_same_device(input, target, "target");
+  check_normalizer(input, normalizer);
+  if (target.scalar_type() == at::kLong) {
+    TORCH_CHECK_VALUE(input.dim() >= 1, "input: class-index targets need input of shape (..., C), got a 0-dim tensor");
+    const auto rows_shape = input.sizes().slice(0, input.dim() - 1);
+    TORCH_CHECK_VALUE(target.sizes() == rows_shape, "target: class-index target must have shape input.shape[:-1] = ",
+                      rows_shape, ", got ", target.sizes());
+  } else {
+    TORCH_CHECK_TYPE(at::isFloatingType(target.scalar_type()),
+                     "target: expected a floating tensor (dense) or int64 class indices, got ", target.scalar_type());
+    check_dense_target(input, target, "input");
+  }
+}
+
+void check_softmax_args(const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& alpha,
+                        int64_t reduction, const std::optional<at::Tensor>& normalizer) {
+  check_floating(input, "input");
+  check_reduction(reduction);
+  check_same_device(input, target, "target");
+  check_normalizer(input, normalizer);
+  TORCH_CHECK_VALUE(input.dim() >= 1, "input: expected shape (N, C), (N, C, d1, ..., dk) or (C,), got a 0-dim tensor");
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "target: expected integer class indices (int64), got ",
+                   target.scalar_type());
+  const int64_t C = input.dim() == 1 ? input.size(0) : input.size(1);
+  TORCH_CHECK_VALUE(C >= 1, "input: expected at least one class (dim ", input.dim() == 1 ? 0 : 1,
+                    " of size >= 1), got shape ", input.sizes());
+  std::vector<int64_t> expected;
+  if (input.dim() >= 2) {
+    expected.push_back(input.size(0));
+    for (int64_t d = 2; d < input.dim(); ++d) expected.push_back(input.size(d));
+  }
+  TORCH_CHECK_VALUE(target.sizes() == at::IntArrayRef(expected), "target: expected shape ", at::IntArrayRef(expected),
+                    " for input of shape ", input.sizes(), ", got ", target.sizes());
+  if (alpha.has_value()) {
+    const at::Tensor& a = *alpha;
+    TORCH_CHECK_VALUE(a.dim() == 1 && a.size(0) == C, "alpha: expected ", C, " per-class weights (one per class of ",
+                      "input), got a tensor of shape ", a.sizes());
+    TORCH_CHECK_TYPE(a.scalar_type() == opmath_dtype(input), "alpha: expected dtype ", opmath_dtype(input), ", got ",
+                     a.scalar_type());
+    check_same_device(input, a, "alpha");
+  }
+}
+
+void check_binary_args(const at::Tensor& prob, const at::Tensor& target, int64_t reduction) {
+  check_floating(prob, "prob");
+  check_reduction(reduction);
+  check_same_device(prob, target, "target");
+  check_dense_target(prob, target, "prob");
+}
+
+LossGradScale finish_forward(const at::Tensor& input, const at::Tensor& loss_none, const at::Tensor& loss_sum,
+                             const at::Tensor& count, const at::Tensor& grad,
+                             const std::optional<at::Tensor>& normalizer, int64_t reduction) {
+  const auto opmath = input.options().dtype(opmath_dtype(input));
+  const at::Tensor grad_out = grad.defined() ? grad : at::empty({0}, input.options());
+  if (reduction == kNone) return {loss_none, grad_out, at::ones({}, opmath)};
+  if (reduction == kSum) return {loss_sum.to(input.scalar_type()), grad_out, at::ones({}, opmath)};
+  // kMean: divide by the normalizer, or by the count; a mean over nothing is 0 with a zero gradient.
+  const at::Tensor denominator =
+      normalizer.has_value() ? normalizer->to(opmath_dtype(input)) : count.to(opmath_dtype(input)).clamp_min(1);
+  at::Tensor inv_denominator = at::reciprocal(denominator);
+  if (!normalizer.has_value()) inv_denominator = at::where(count > 0, inv_denominator, at::zeros({}, opmath));
+  const at::Tensor loss = (loss_sum / denominator).to(input.scalar_type());
+  return {loss, grad_out, inv_denominator};
+}
+
+at::Tensor apply_grad_output(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+                             int64_t reduction, bool class_dim_reduced) {
+  check_reduction(reduction);
+  if (reduction == kNone) {
+    // Softmax 'none': grad_output has the target's shape; its class dim (1, if batched) is broadcast.
+    const bool batched = grad.dim() >= 2;
+    return grad * (class_dim_reduced && batched ? grad_output.unsqueeze(1) : grad_output);
+  }
+  TORCH_CHECK_VALUE(grad_output.dim() == 0, "grad_output: expected a 0-dim tensor for a reduced loss, got shape ",
+                    grad_output.sizes());
+  return grad * (grad_output.to(grad_scale.scalar_type()) * grad_scale);
+}
+
+at::Tensor elementwise_focal_bwd(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+                                 int64_t reduction) {
+  return apply_grad_output(grad_output, grad, grad_scale, reduction, /*class_dim_reduced=*/false);
+}
+
+at::Tensor softmax_focal_bwd(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+                             int64_t reduction) {
+  return apply_grad_output(grad_output, grad, grad_scale, reduction, /*class_dim_reduced=*/true);
+}
+
+}  // namespace focal
+
+// reduction: 0 none, 1 mean, 2 sum. The forward returns (loss, grad, grad_scale): grad is d(sum of the
+// per-element losses)/d(input) from the same pass (empty unless compute_grad), and grad_scale the factor
+// (1/denominator for mean) the backward applies with grad_output.
+TORCH_LIBRARY(focal_cuda, m) {
+  const std::vector<at::Tag> tags = {at::Tag::pt2_compliant_tag};
+  m.def(
+      "sigmoid_focal_fwd(Tensor input, Tensor target, float alpha, float gamma, int reduction, int ignore_index, "
+      "float label_smoothing, Tensor? normalizer, bool compute_grad) -> (Tensor, Tensor, Tensor)",
+      tags);
+  m.def(
+      "softmax_focal_fwd(Tensor input, Tensor target, Tensor? alpha, float gamma, int reduction, int ignore_index, "
+      "float label_smoothing, Tensor? normalizer, bool compute_grad) -> (Tensor, Tensor, Tensor)",
+      tags);
+  m.def(
+      "binary_focal_fwd(Tensor prob, Tensor target, float alpha, float gamma, int reduction, bool compute_grad) "
+      "-> (Tensor, Tensor, Tensor)",
+      tags);
+  m.def("sigmoid_focal_bwd(Tensor grad_output, Tensor grad, Tensor grad_scale, int reduction) -> Tensor", tags);
+  m.def("softmax_focal_bwd(Tensor grad_output, Tensor grad, Tensor grad_scale, int reduction) -> Tensor", tags);
+  m.def("binary_focal_bwd(Tensor grad_output, Tensor grad, Tensor grad_scale, int reduction) -> Tensor", tags);
+}

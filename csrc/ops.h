@@ -1,0 +1,40 @@
+// Declarations shared by ops.cpp and the backends: argument checks and the tensor-level glue that turns a
+// kernel's loss sum and count into the op's outputs. Nothing here knows about a device.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace focal {
+
+// (loss, grad, grad_scale): see the schemas in ops.cpp.
+using LossGradScale = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// Each throws a c10 error (ValueError/TypeError/RuntimeError in Python) naming the argument.
+void check_sigmoid_args(const at::Tensor& input, const at::Tensor& target, int64_t reduction,
+                        const std::optional<at::Tensor>& normalizer);
+void check_softmax_args(const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& alpha,
+                        int64_t reduction, const std::optional<at::Tensor>& normalizer);
+void check_binary_args(const at::Tensor& prob, const at::Tensor& target, int64_t reduction);
+
+// float64 for double inputs, float32 otherwise: the dtype of the math, of alpha and of grad_scale.
+at::ScalarType opmath_dtype(const at::Tensor& input);
+
+// Finishes a forward pass from the kernel's per-element loss (reduction 'none') or its on-device loss
+// sum and counted elements (0-dim opmath tensors): returns (loss, grad, grad_scale).
+LossGradScale finish_forward(const at::Tensor& input, const at::Tensor& loss_none, const at::Tensor& loss_sum,
+                             const at::Tensor& count, const at::Tensor& grad,
+                             const std::optional<at::Tensor>& normalizer, int64_t reduction);
+
+// The backward ops: grad * grad_output (grad_output broadcast over dim 1 when class_dim_reduced, i.e. the
+// softmax 'none' loss), or grad * (grad_output * grad_scale) for 'mean'/'sum'. One pass, no host read.
+at::Tensor apply_grad_output(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+                             int64_t reduction, bool class_dim_reduced);
+at::Tensor elementwise_focal_bwd(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+                                 int64_t reduction);
+at::Tensor softmax_focal_bwd(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+                             int64_t reduction);
+
+}  // namespace focal

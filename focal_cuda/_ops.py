@@ -1,0 +1,97 @@
+"""Loads the compiled operator library and teaches PyTorch about its ops: fake (meta) kernels for
+torch.compile / FakeTensor, and autograd for the forward ops (backward = the matching *_bwd op).
+
+Autocast: the ops register no autocast rule, so under torch.autocast they run on the tensors as given
+(bf16/fp16 logits are read natively, math in float32, loss in the logits' dtype; no upcast copy).
+"""
+import importlib.util
+import os
+
+import torch
+
+_BUILD_HINT = (
+    "focal_cuda's compiled extension focal_cuda._C is missing or failed to load. Build it with\n"
+    "    pip install --no-build-isolation .\n"
+    "(or, in a source checkout, `python setup.py build_ext --inplace`); set FOCAL_CUDA_CPU_ONLY=1 to skip CUDA."
+)
+
+
+def _load_library():
+    spec = importlib.util.find_spec("focal_cuda._C")
+    if spec is None or spec.origin is None or not os.path.exists(spec.origin):
+        raise ImportError(_BUILD_HINT)
+    try:
+        torch.ops.load_library(spec.origin)
+    except OSError as exc:
+        raise ImportError(f"{_BUILD_HINT}\nLoading {spec.origin} failed: {exc}") from exc
+    return spec.origin
+
+
+LIBRARY_PATH = _load_library()
+ops = torch.ops.focal_cuda
+
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+_NONE = REDUCTIONS["none"]
+
+
+def _opmath(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fake_outputs(input, loss_shape, reduction, compute_grad):
+    loss = input.new_empty(loss_shape if reduction == _NONE else ())
+    grad = input.new_empty(input.shape if compute_grad else (0,))
+    return loss, grad, input.new_empty((), dtype=_opmath(input.dtype))
+
+
+@torch.library.register_fake("focal_cuda::sigmoid_focal_fwd")
+def _sigmoid_focal_fwd_fake(input, target, alpha, gamma, reduction, ignore_index, label_smoothing, normalizer,
+                            compute_grad):
+    return _fake_outputs(input, input.shape, reduction, compute_grad)
+
+
+@torch.library.register_fake("focal_cuda::softmax_focal_fwd")
+def _softmax_focal_fwd_fake(input, target, alpha, gamma, reduction, ignore_index, label_smoothing, normalizer,
+                            compute_grad):
+    return _fake_outputs(input, target.shape, reduction, compute_grad)
+
+
+@torch.library.register_fake("focal_cuda::binary_focal_fwd")
+def _binary_focal_fwd_fake(prob, target, alpha, gamma, reduction, compute_grad):
+    return _fake_outputs(prob, prob.shape, reduction, compute_grad)
+
+
+def _bwd_fake(grad_output, grad, grad_scale, reduction):
+    return torch.empty_like(grad)
+
+
+for _name in ("sigmoid_focal_bwd", "softmax_focal_bwd", "binary_focal_bwd"):
+    torch.library.register_fake(f"focal_cuda::{_name}")(_bwd_fake)
+
+
+def _register_autograd(fwd_name, bwd_op, reduction_index, num_inputs):
+    def setup_context(ctx, inputs, output):
+        _, grad, grad_scale = output
+        ctx.reduction = inputs[reduction_index]
+        ctx.has_grad = inputs[-1]  # compute_grad is the last argument of every forward op
+        ctx.save_for_backward(grad, grad_scale)
+        ctx.mark_non_differentiable(grad, grad_scale)
+
+    def backward(ctx, grad_loss, _grad_of_grad, _grad_of_scale):
+        if not ctx.has_grad:
+            raise RuntimeError(f"focal_cuda::{fwd_name} was called with compute_grad=False; "
+                               "call it with compute_grad=True to differentiate it")
+        grad, grad_scale = ctx.saved_tensors
+        return (bwd_op(grad_loss, grad, grad_scale, ctx.reduction),) + (None,) * (num_inputs - 1)
+
+    torch.library.register_autograd(f"focal_cuda::{fwd_name}", backward, setup_context=setup_context)
+
+
+_register_autograd("sigmoid_focal_fwd", ops.sigmoid_focal_bwd, reduction_index=4, num_inputs=9)
+_register_autograd("softmax_focal_fwd", ops.softmax_focal_bwd, reduction_index=4, num_inputs=9)
+_register_autograd("binary_focal_fwd", ops.binary_focal_bwd, reduction_index=4, num_inputs=6)
+
+
+def has_cuda_kernels():
+    """True when this build of the extension contains the CUDA kernels."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("focal_cuda::sigmoid_focal_fwd", "CUDA")

@@ -1,0 +1,94 @@
+"""nn.Module wrappers: store the arguments, forward calls focal_cuda.functional."""
+import numbers
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import functional as F
+
+
+def _size_average_reduction(size_average, reduction):
+    if reduction is not None:
+        return reduction  # an explicit reduction wins over the classic flag
+    return "mean" if size_average else "sum"
+
+
+class FocalLoss(nn.Module):
+    """Softmax focal loss with the classic constructor: FocalLoss(class_num, alpha=None, gamma=2, size_average=True).
+
+    alpha: None, a number, or class_num per-class weights in any shape (e.g. torch.ones(C, 1)); stored as the
+    buffer ``alpha`` (moves with .to(), saved in state_dict) when it is per-class or class_num is known.
+    """
+
+    def __init__(self, class_num: Optional[int] = None, alpha=None, gamma: float = 2.0, size_average: bool = True, *,
+                 reduction: Optional[str] = None, ignore_index: int = -100, label_smoothing: float = 0.0):
+        super().__init__()
+        if class_num is not None and (isinstance(class_num, bool) or not isinstance(class_num, numbers.Integral)
+                                      or class_num < 1):
+            raise ValueError(f"class_num: expected a positive int or None, got {class_num!r}")
+        self.class_num = class_num
+        self.gamma = gamma
+        self.reduction = _size_average_reduction(size_average, reduction)
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self._alpha_scalar = None
+        if alpha is None:
+            self.register_buffer("alpha", None)
+        elif isinstance(alpha, numbers.Real) and not isinstance(alpha, bool) and class_num is None:
+            self.register_buffer("alpha", None)
+            self._alpha_scalar = float(alpha)  # one weight for every class; the class count comes with the input
+        else:
+            if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
+                weights = torch.full((class_num,), float(alpha))
+            else:
+                weights = torch.as_tensor(alpha, dtype=torch.get_default_dtype()).detach().clone().reshape(-1)
+            if class_num is not None and weights.numel() != class_num:
+                raise ValueError(f"alpha: expected {class_num} per-class weights (class_num), got {weights.numel()}")
+            self.register_buffer("alpha", weights)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer=None) -> torch.Tensor:
+        alpha = self.alpha if self.alpha is not None else self._alpha_scalar
+        return F.softmax_focal_loss(input, target, alpha, self.gamma, self.reduction, ignore_index=self.ignore_index,
+                                    label_smoothing=self.label_smoothing, normalizer=normalizer)
+
+    def extra_repr(self) -> str:
+        return (f"class_num={self.class_num}, gamma={self.gamma}, reduction={self.reduction!r}, "
+                f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}")
+
+
+class SigmoidFocalLoss(nn.Module):
+    """Sigmoid (binary / multi-label) focal loss on logits; see focal_cuda.sigmoid_focal_loss."""
+
+    def __init__(self, alpha: Optional[float] = 0.25, gamma: float = 2.0, reduction: str = "mean", *,
+                 ignore_index: int = -100, label_smoothing: float = 0.0):
+        super().__init__()
+        self.alpha = alpha
+        self.gamma = gamma
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer=None) -> torch.Tensor:
+        return F.sigmoid_focal_loss(input, target, self.alpha, self.gamma, self.reduction,
+                                    ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+                                    normalizer=normalizer)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}"
+
+
+class BCEFocalLoss(nn.Module):
+    """Binary focal loss on probabilities, with the classic constructor order BCEFocalLoss(gamma=2, alpha=0.25)."""
+
+    def __init__(self, gamma: float = 2, alpha: Optional[float] = 0.25, reduction: str = "mean"):
+        super().__init__()
+        self.gamma = gamma
+        self.alpha = alpha
+        self.reduction = reduction
+
+    def forward(self, prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_focal_loss(prob, target, self.alpha, self.gamma, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction!r}"
