@@ -76,12 +76,15 @@ def _register_autograd(fwd_name, bwd_op, reduction_index, num_inputs):
         ctx.has_grad = inputs[-1]  # compute_grad is the last argument of every forward op
         ctx.save_for_backward(grad, grad_scale)
         ctx.mark_non_differentiable(grad, grad_scale)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for the non-differentiable outputs
 
     def backward(ctx, grad_loss, _grad_of_grad, _grad_of_scale):
         if not ctx.has_grad:
             raise RuntimeError(f"focal_cuda::{fwd_name} was called with compute_grad=False; "
                                "call it with compute_grad=True to differentiate it")
         grad, grad_scale = ctx.saved_tensors
+        if grad_loss is None:
+            return (None,) * num_inputs
         return (bwd_op(grad_loss, grad, grad_scale, ctx.reduction),) + (None,) * (num_inputs - 1)
 
     torch.library.register_autograd(f"focal_cuda::{fwd_name}", backward, setup_context=setup_context)

@@ -1,0 +1,21 @@
+# Quick start: `make bench` (the benchmark) and `make test` (the test suite). Both install what they need
+# (torch, ninja, pytest, hypothesis, matplotlib) and build focal_cuda in place first.
+PYTHON ?= python
+STAMP := build/.focal_cuda_installed
+SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
+
+.PHONY: install bench test
+
+install: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	$(PYTHON) -m pip install "torch>=2.5" ninja pytest hypothesis
+	$(PYTHON) -m pip install matplotlib || echo "matplotlib unavailable: benchmark plots will be skipped"
+	MAX_JOBS=$${MAX_JOBS:-2} $(PYTHON) -m pip install --no-build-isolation --no-deps -v -e .
+	mkdir -p build && touch $(STAMP)
+
+bench: install
+	$(PYTHON) benchmarks/bench.py
+
+test: install
+	$(PYTHON) -m pytest -q tests
