@@ -70,7 +70,7 @@ def import_focal_cuda():
         import focal_cuda.reference as reference
 
         return focal_cuda, reference, None
-    except ImportError as error:
+    except Exception as error:  # ImportError, or the loader's RuntimeError when _C is missing
         if REPO not in sys.path:
             sys.path.insert(0, REPO)
             try:
@@ -78,7 +78,7 @@ def import_focal_cuda():
                 import focal_cuda.reference as reference
 
                 return focal_cuda, reference, None
-            except ImportError as second_error:
+            except Exception as second_error:
                 error = second_error
         reference_path = os.path.join(REPO, "focal_cuda", "reference.py")
         reference = _load_module_from_file("focal_bench_reference", reference_path)
@@ -350,6 +350,13 @@ def first_line(error):
 def device_label(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
 
 
@@ -386,6 +393,7 @@ def run(args):
     # the reference validates class indices with a data-dependent check: torch.compile splits the graph
     # there (one line in the notes below, not a page of warnings)
     torch._logging.set_logs(dynamo=logging.ERROR)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if hasattr(torch, "_dynamo"):
         # every (preset, size, dtype, mode) is its own graph; keep compiling rather than falling back to eager
         for limit_name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
