@@ -386,8 +386,8 @@ def run(args):
             sys.exit(f"bench.py: --{name}: expected a comma list from {choices}, given unknown {unknown}")
     if device.type == "cpu" and "fp16" in dtype_names and args.dtypes_given:
         print("note: fp16 on CPU runs, but it is not a CPU training dtype; numbers are for completeness")
-    if args.quick:
-        quick_index = 1 if device.type == "cuda" else 0
+    quick_index = 1 if device.type == "cuda" else 0
+    if args.quick and args.presets == "all":
         preset_names = [p for p in preset_names if (PRESETS[p]["quick"] or (None, None))[quick_index] is not None]
 
     # the reference validates class indices with a data-dependent check: torch.compile splits the graph
@@ -421,7 +421,10 @@ def run(args):
         preset = PRESETS[preset_name]
         sizes = preset["gpu" if device.type == "cuda" else "cpu"]
         if args.quick:
-            sizes = [preset["quick"][1 if device.type == "cuda" else 0]]
+            # a preset named explicitly but without a quick size runs at its smallest size
+            sizes = [(preset["quick"] or (None, None))[quick_index] or sizes[0]]
+        if args.sizes:
+            sizes = args.sizes
         for size in sizes:
             for dtype_name in dtype_names:
                 dtype = DTYPES[dtype_name]
@@ -636,6 +639,10 @@ def parse_args(argv=None):
     parser.add_argument("--dtypes", default=None,
                         help="comma list from fp32,bf16,fp16,fp64 (default: fp32,bf16 on CPU, plus fp16 on GPU; "
                              "--quick: fp32 on CPU, bf16 on GPU)")
+    parser.add_argument("--sizes", default=None,
+                        type=lambda text: [int(v) for v in text.split(",")],
+                        help="comma list of sizes replacing each preset's own: rows N for (N, C) presets, "
+                             "H = W for seg")
     parser.add_argument("--reduction", default="mean", choices=["mean", "sum"])
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
     parser.add_argument("--csv", default=None, help="CSV path (default: benchmarks/results/<device>.csv)")
