@@ -11,7 +11,9 @@ Stability choices, each needed for finite values and gradients at extreme inputs
 - 1 - p of a softmax is ``-expm1(log_softmax)`` (no cancellation near p = 1);
 - (1 - p_t) ** gamma is taken only where 1 - p_t > 0, so 0 < gamma < 1 never forms
   an infinite derivative at 1 - p_t == 0;
-- the probability-space loss clamps its logs at -100 as ``torch.nn.BCELoss`` does.
+- the probability-space loss clamps its logs at -100 as ``torch.nn.BCELoss`` does. Its gradient at
+  p exactly 0 or 1 is a convention: here the clamp's (0), while BCELoss uses -1/max(p, 1e-12);
+  compare gradients only for p inside (0, 1).
 """
 
 import numbers

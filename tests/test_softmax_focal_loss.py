@@ -189,3 +189,18 @@ def test_input_and_target_are_not_modified(device):
     assert torch.equal(input.detach(), before[0])
     assert torch.equal(target, before[1])
     assert torch.equal(alpha, before[2])
+
+
+@pytest.mark.parametrize("shift", [-60.0, -12.0, 12.0, 1000.0])
+@pytest.mark.parametrize("num_classes", [1, 2, 3, 4, 5, 8, 9, 17, 33, 65])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_shifted_logits(device, dtype, num_classes, shift):
+    """Rows whose logits are all far below or above 0, for every class count around vector widths:
+    softmax depends only on differences, so nothing about the row's offset may leak into the result."""
+    input = (torch.randn(3, num_classes) + shift).to(dtype=dtype, device=device)
+    target = torch.randint(0, num_classes, (3,), device=device)
+    for gamma in [0.5, 2.0]:
+        check_against_reference(
+            focal_cuda.softmax_focal_loss, reference.softmax_focal_loss, input, target, None, gamma, "none",
+            label_smoothing=0.1,
+        )
