@@ -5,7 +5,12 @@ The script builds a synthetic 4-class data set in which the classes overlap and 
 optimiser, same number of steps) -- once with ``F.cross_entropy`` and once with
 ``focal_cuda.FocalLoss`` with per-class alpha -- and prints per-class recall, precision and the
 confusion matrix of both on a held-out test set drawn from the same long-tailed distribution.
-It also writes a PNG with the two confusion matrices side by side (needs matplotlib).
+It also writes a PNG with the two confusion matrices side by side (needs matplotlib), then trains
+two ablations -- gamma without alpha, and alpha without gamma (= class-weighted cross-entropy) -- and
+prints a summary. On this data the rare class's recall gain comes from the per-class alpha; gamma alone
+leaves it where cross-entropy has it (see the summary rows), and gamma on top of alpha trades a little
+rare-class recall for precision. Focal loss's gamma earns its keep where easy examples vastly outnumber
+the hard ones (dense detection: ~100k anchors, almost all easy background).
 
 Run from the repository root after building the extension:
 
@@ -142,7 +147,7 @@ def main():
                         help="skip the two extra runs (gamma without alpha, alpha without gamma)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "imbalanced_confusion.png"))
     args = parser.parse_args()
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)  # the model is tiny: threads only add synchronisation overhead
     device = torch.device(args.device)
 
     data_generator = torch.Generator().manual_seed(args.seed)
