@@ -1,0 +1,199 @@
+// Elementwise forward kernels: sigmoid focal loss (dense targets or one class index per row) and binary
+// focal loss on probabilities. One grid-stride pass computes loss and gradient with 128-bit accesses when
+// every pointer is 16-byte aligned; a scalar loop takes the tail (and everything, when unaligned).
+#include "kernels_common.cuh"
+
+namespace focal::cuda {
+namespace {
+
+template <int G, typename T>
+struct SigmoidPoint {
+  AlphaWeight<T> alpha;
+  T gamma;
+  T smoothing;
+  __device__ __forceinline__ void operator()(T x, T t, T& loss, T& grad) const {
+    sigmoid_focal_point<G>(x, smooth_binary_target(t, smoothing), alpha, gamma, loss, grad);
+  }
+};
+
+template <int G, typename T>
+struct BinaryPoint {
+  AlphaWeight<T> alpha;
+  T gamma;
+  __device__ __forceinline__ void operator()(T p, T t, T& loss, T& grad) const {
+    binary_focal_point<G>(p, t, alpha, gamma, loss, grad);
+  }
+};
+
+// Dense target of the input's shape. loss / grad / partials may each be null.
+template <typename scalar_t, typename Point>
+__global__ void __launch_bounds__(kThreads)
+    dense_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ t, scalar_t* __restrict__ loss,
+                         scalar_t* __restrict__ grad, int64_t n, bool vectorized, Point point,
+                         double* __restrict__ partials, int64_t slots) {
+  using op_t = opmath_t<scalar_t>;
+  constexpr int V = vector_width<scalar_t>();
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  op_t acc(0);
+  int64_t tail_begin = 0;
+  if (vectorized) {
+    const int64_t n_vec = n / V;
+    for (int64_t v = tid; v < n_vec; v += stride) {
+      const Vector<scalar_t> xv = load_vector(x + v * V);
+      const Vector<scalar_t> tv = load_vector(t + v * V);
+      Vector<scalar_t> lv, gv;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        op_t l, g;
+        point(static_cast<op_t>(xv.val[k]), static_cast<op_t>(tv.val[k]), l, g);
+        lv.val[k] = static_cast<scalar_t>(l);
+        gv.val[k] = static_cast<scalar_t>(g);
+        acc += l;
+      }
+      if (loss != nullptr) store_vector(loss + v * V, lv);
+      if (grad != nullptr) store_vector(grad + v * V, gv);
+    }
+    tail_begin = n_vec * V;
+  }
+  for (int64_t i = tail_begin + tid; i < n; i += stride) {
+    op_t l, g;
+    point(static_cast<op_t>(x[i]), static_cast<op_t>(t[i]), l, g);
+    if (loss != nullptr) loss[i] = static_cast<scalar_t>(l);
+    if (grad != nullptr) grad[i] = static_cast<scalar_t>(g);
+    acc += l;
+  }
+  if (partials != nullptr) store_block_partial<kThreads>(acc, 0, partials, slots);
+}
+
+// Whether a row with class-index target `tgt` counts: not ignored, and 0 <= tgt <= C (C: background).
+__device__ __forceinline__ bool sigmoid_row_counted(int64_t tgt, int64_t C, int64_t ignore_index) {
+  if (tgt == ignore_index) return false;
+  CUDA_KERNEL_ASSERT(tgt >= 0 && tgt <= C && "target: class index out of range [0, C] and not ignore_index");
+  return tgt >= 0 && tgt <= C;  // with device asserts compiled out, a bad row is skipped, never read out of bounds
+}
+
+// Class-index targets: element (row, col) of the (rows, C) input is positive iff col == target[row]; a row's
+// target is read once per row change, never expanded to a one-hot tensor. Ignored rows: loss 0, grad 0.
+template <typename scalar_t, typename Point>
+__global__ void __launch_bounds__(kThreads)
+    index_forward_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
+                         scalar_t* __restrict__ loss, scalar_t* __restrict__ grad, int64_t n, int64_t C,
+                         int64_t ignore_index, bool vectorized, Point point, double* __restrict__ partials,
+                         int64_t slots) {
+  using op_t = opmath_t<scalar_t>;
+  constexpr int V = vector_width<scalar_t>();
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  op_t acc(0);
+  int64_t count = 0;
+  // Loss and gradient of element `col` of a row with target tgt.
+  const auto element = [&](op_t xv, int64_t col, int64_t tgt, bool counted, op_t& l, op_t& g) {
+    if (counted) {
+      point(xv, col == tgt ? op_t(1) : op_t(0), l, g);
+      acc += l;
+      ++count;
+    } else {
+      l = op_t(0);
+      g = op_t(0);
+    }
+  };
+  int64_t tail_begin = 0;
+  if (vectorized) {
+    const int64_t n_vec = n / V;
+    for (int64_t v = tid; v < n_vec; v += stride) {
+      int64_t row = (v * V) / C;
+      int64_t col = v * V - row * C;
+      int64_t tgt = target[row];
+      bool counted = sigmoid_row_counted(tgt, C, ignore_index);
+      const Vector<scalar_t> xv = load_vector(x + v * V);
+      Vector<scalar_t> lv, gv;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        if (k > 0 && ++col == C) {  // the vector crosses into the next row (which exists: element v*V+k does)
+          col = 0;
+          ++row;
+          tgt = target[row];
+          counted = sigmoid_row_counted(tgt, C, ignore_index);
+        }
+        op_t l, g;
+        element(static_cast<op_t>(xv.val[k]), col, tgt, counted, l, g);
+        lv.val[k] = static_cast<scalar_t>(l);
+        gv.val[k] = static_cast<scalar_t>(g);
+      }
+      if (loss != nullptr) store_vector(loss + v * V, lv);
+      if (grad != nullptr) store_vector(grad + v * V, gv);
+    }
+    tail_begin = n_vec * V;
+  }
+  for (int64_t i = tail_begin + tid; i < n; i += stride) {
+    const int64_t row = i / C;
+    const int64_t tgt = target[row];
+    op_t l, g;
+    element(static_cast<op_t>(x[i]), i - row * C, tgt, sigmoid_row_counted(tgt, C, ignore_index), l, g);
+    if (loss != nullptr) loss[i] = static_cast<scalar_t>(l);
+    if (grad != nullptr) grad[i] = static_cast<scalar_t>(g);
+  }
+  if (partials != nullptr) store_block_partial<kThreads>(acc, count, partials, slots);
+}
+
+enum class ElementwiseKind { kSigmoidDense, kSigmoidIndex, kBinary };
+
+template <ElementwiseKind kind>
+void launch_elementwise(const ElementwiseParams& p, int device, cudaStream_t stream, const char* name) {
+  if (p.numel == 0) return;  // the caller fills loss_sum / count with zeros
+  dispatch_floating(p.dtype, name, [&](auto dtype_tag) {
+    using scalar_t = decltype(dtype_tag);
+    using op_t = opmath_t<scalar_t>;
+    constexpr int V = vector_width<scalar_t>();
+    const auto* x = static_cast<const scalar_t*>(p.input);
+    auto* loss = static_cast<scalar_t*>(p.loss);
+    auto* grad = static_cast<scalar_t*>(p.grad);
+    const bool aligned = is_vector_aligned(x) && is_vector_aligned(loss) && is_vector_aligned(grad) &&
+                         (kind == ElementwiseKind::kSigmoidIndex || is_vector_aligned(p.target));
+    const int grid = grid_for(aligned ? ceil_div(p.numel, V) : p.numel, kThreads, device);
+    const auto alpha = alpha_weight<op_t>(p.alpha);
+    const op_t gamma = static_cast<op_t>(p.gamma);
+    dispatch_gamma(p.gamma, [&](auto gamma_tag) {
+      constexpr int G = decltype(gamma_tag)::value;
+      if constexpr (kind == ElementwiseKind::kBinary) {
+        dense_forward_kernel<<<grid, kThreads, 0, stream>>>(x, static_cast<const scalar_t*>(p.target), loss, grad,
+                                                             p.numel, aligned, BinaryPoint<G, op_t>{alpha, gamma},
+                                                             p.reduce.partials, p.reduce.slots);
+      } else {
+        const SigmoidPoint<G, op_t> point{alpha, gamma, static_cast<op_t>(p.label_smoothing)};
+        if constexpr (kind == ElementwiseKind::kSigmoidDense) {
+          dense_forward_kernel<<<grid, kThreads, 0, stream>>>(x, static_cast<const scalar_t*>(p.target), loss,
+                                                               grad, p.numel, aligned, point, p.reduce.partials,
+                                                               p.reduce.slots);
+        } else {
+          index_forward_kernel<<<grid, kThreads, 0, stream>>>(x, static_cast<const int64_t*>(p.target), loss, grad,
+                                                               p.numel, p.classes, p.ignore_index, aligned, point,
+                                                               p.reduce.partials, p.reduce.slots);
+        }
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    if (p.reduce.partials != nullptr) {
+      // Dense losses count every element; class-index losses count the elements of non-ignored rows.
+      const int64_t fixed_count = kind == ElementwiseKind::kSigmoidIndex ? -1 : p.numel;
+      launch_combine_partials(p.reduce, grid, std::is_same_v<op_t, double>, fixed_count, stream);
+    }
+  });
+}
+
+}  // namespace
+
+void launch_sigmoid_dense_forward(const ElementwiseParams& params, int device, cudaStream_t stream) {
+  launch_elementwise<ElementwiseKind::kSigmoidDense>(params, device, stream, "sigmoid_focal_fwd");
+}
+
+void launch_sigmoid_index_forward(const ElementwiseParams& params, int device, cudaStream_t stream) {
+  launch_elementwise<ElementwiseKind::kSigmoidIndex>(params, device, stream, "sigmoid_focal_fwd");
+}
+
+void launch_binary_forward(const ElementwiseParams& params, int device, cudaStream_t stream) {
+  launch_elementwise<ElementwiseKind::kBinary>(params, device, stream, "binary_focal_fwd");
+}
+
+}  // namespace focal::cuda
