@@ -106,3 +106,27 @@ def test_two_runs_are_bitwise_equal(device, dtype, function):
 
     first, second = run(), run()
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+@pytest.mark.parametrize("function", ["sigmoid_dense", "sigmoid_index", "softmax", "softmax_spatial", "binary"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_forward_without_grad_equals_forward_with_grad(device, function, reduction):
+    """compute_grad=False skips the gradient buffer; the loss must not change (up to float32 rounding)."""
+    if function.startswith("sigmoid"):
+        input = torch.randn(37, 9, device=device)
+        target = torch.rand(37, 9, device=device) if function == "sigmoid_dense" else torch.randint(0, 10, (37,), device=device)
+        call = lambda x: focal_cuda.sigmoid_focal_loss(x, target, 0.25, 1.5, reduction)  # noqa: E731
+    elif function.startswith("softmax"):
+        shape = (37, 9) if function == "softmax" else (3, 9, 5, 7)
+        input = torch.randn(shape, device=device)
+        target = torch.randint(0, 9, shape[:1] + shape[2:], device=device)
+        call = lambda x: focal_cuda.softmax_focal_loss(x, target, None, 1.5, reduction, label_smoothing=0.1)  # noqa: E731
+    else:
+        input = torch.rand(37, 9, device=device)
+        target = torch.rand(37, 9, device=device)
+        call = lambda x: focal_cuda.binary_focal_loss(x, target, 0.25, 1.5, reduction)  # noqa: E731
+    with torch.no_grad():
+        without_grad = call(input)
+    with_grad = call(input.clone().requires_grad_(True))
+    assert with_grad.requires_grad and not without_grad.requires_grad
+    torch.testing.assert_close(without_grad, with_grad.detach(), rtol=1e-6, atol=1e-7)
