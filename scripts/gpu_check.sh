@@ -64,7 +64,7 @@ echo "build warnings: $(wc -l <"$OUT/build_warnings.txt") lines (build_warnings.
 # ---- smoke / consistency script (also the sanitizer workload) -------------------------------------------------
 SMOKE="$OUT/cuda_smoke.py"
 cat >"$SMOKE" <<'PY'
-"""Every CUDA path on small shapes, compared with the CPU kernels (float64 reference values)."""
+"""Every CUDA kernel path on small shapes, compared with the CPU kernels on the same inputs and dtype."""
 import os
 import sys
 
