@@ -230,11 +230,15 @@ def mode_steps(mode, fn, x, target):
 
 def measure_time(prepare, timed, device, warmup, min_reps, max_reps, target_seconds):
     """Per-iteration times in ms after warm-up; repetitions sized to fill target_seconds."""
-    for _ in range(warmup):
+    # at least one warm-up call; the rest only while they fit in half the time budget (slow naive cases)
+    warmup_began = time.perf_counter()
+    for index in range(warmup):
+        if index > 0 and time.perf_counter() - warmup_began > target_seconds / 2:
+            break
         state = prepare()
         timed(state)
         del state
-    synchronize(device)
+        synchronize(device)
 
     def one_iteration():
         state = prepare()
