@@ -587,6 +587,7 @@ def write_plot(rows, path, device):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("plot skipped: matplotlib is not installed (pip install matplotlib)")
         return
@@ -613,6 +614,10 @@ def write_plot(rows, path, device):
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        speedup_format = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}x")
+        ax.yaxis.set_major_formatter(speedup_format)
+        ax.yaxis.set_minor_formatter(speedup_format)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_title(f"{preset} ({mode})", fontsize=10)
         ax.set_xlabel("input elements")
         ax.set_ylabel("focal_cuda speed-up")
