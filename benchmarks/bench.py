@@ -106,7 +106,7 @@ PRESETS = {
     "cls_c32000": dict(op="softmax", C=32000, cpu=[32, 128, 512], gpu=[2048, 8192, 16384],
                        quick=(None, 16384), about="language-model vocabulary, softmax, (N, 32000)"),
     "seg": dict(op="softmax_spatial", C=19, cpu=[128, 256, 512], gpu=[512, 1024, 2048],
-                quick=(256, 2048), about="segmentation, softmax, (B, 19, H, W), B = 2 on CPU, 8 on GPU"),
+                quick=(None, 2048), about="segmentation, softmax, (B, 19, H, W), B = 2 on CPU, 8 on GPU"),
     "binary": dict(op="binary", C=80, cpu=[16384, 65536, 262144], gpu=[1 << 20, 1 << 22, 1 << 23],
                    quick=None, about="multi-label on probabilities, (N, 80) after a sigmoid, dense targets"),
 }
@@ -638,7 +638,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="one size per headline preset (det_dense, det_index, cls_c80, seg; plus cls_c32000 on GPU), "
+                        help="one size per headline preset (det_dense, det_index, cls_c80; plus cls_c32000 and seg on GPU), "
                              "full mode, one dtype, fewer repetitions; under 2 minutes on a 2-core CPU")
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu or cuda")
     parser.add_argument("--presets", default="all", help=f"comma list from {list(PRESETS)} or 'all'")
