@@ -268,6 +268,11 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
   const auto q = smoothed_target<op_t>(args.label_smoothing, C);
   const auto alpha_at = [&](int64_t j, int64_t cnt) { return alpha ? Vec::loadu(alpha + j, cnt) : Vec(1); };
   const op_t neg_inf = -std::numeric_limits<op_t>::infinity();
+  const auto scratch_row = [](int64_t n) {
+    thread_local std::vector<op_t> buffer;
+    if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+    return buffer.data();
+  };
 
   return class_rows_forward<scalar_t>(args, rows, C, /*max_target=*/C - 1, [&](int64_t r, int64_t tgt,
                                                                                 bool ignored) -> double {
@@ -285,12 +290,17 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
     }
     const op_t row_max_s = at::vec::vec_reduce_all([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
     const Vec row_max(row_max_s);
+    // exp(x - max) is kept in `shifted_exp` so the gradient pass needs no second exp.
+    op_t* shifted_exp = scratch_row(C);
     Vec vsum(0);
     for (int64_t j = 0; j < C; j += Vec::size()) {
       const int64_t cnt = std::min<int64_t>(Vec::size(), C - j);
-      vsum += Vec::set(Vec(0), (load_opmath(x + j, cnt) - row_max).exp(), cnt);
+      const Vec e = Vec::set(Vec(0), (load_opmath(x + j, cnt) - row_max).exp(), cnt);
+      e.store(shifted_exp + j, cnt);
+      vsum += e;
     }
-    const op_t lse_s = row_max_s + std::log(sum_lanes(vsum));
+    const op_t sum_exp = sum_lanes(vsum);
+    const op_t lse_s = row_max_s + std::log(sum_exp);
     const Vec lse(lse_s);
 
     if (!smoothing) {
@@ -299,10 +309,10 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
       const op_t logp_t = static_cast<op_t>(x[tgt]) - lse_s;
       softmax_focal_class_terms<G>(logp_t, alpha ? alpha[tgt] : op_t(1), gamma_s, weighted_logp, h);
       if (grad != nullptr) {
-        const Vec h_vec(h), target_id(static_cast<op_t>(tgt));
+        const Vec h_vec(h), target_id(static_cast<op_t>(tgt)), inv_sum_exp(op_t(1) / sum_exp);
         for (int64_t j = 0; j < C; j += Vec::size()) {
           const int64_t cnt = std::min<int64_t>(Vec::size(), C - j);
-          const Vec p = (load_opmath(x + j, cnt) - lse).exp();
+          const Vec p = Vec::loadu(shifted_exp + j, cnt) * inv_sum_exp;
           const Vec onehot = Vec::blendv(Vec(0), Vec(1), lane_ids<Vec>(j) == target_id);
           store_opmath(h_vec * (p - onehot), grad + j, cnt);
         }
@@ -318,9 +328,10 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
       const int64_t cnt = std::min<int64_t>(Vec::size(), C - j);
       Vec weighted_logp, h;
       softmax_focal_class_terms<G>(load_opmath(x + j, cnt) - lse, alpha_at(j, cnt), gamma, weighted_logp, h);
-      const Vec qv = Vec::set(Vec(0), Vec::blendv(Vec(q.off), Vec(q.on), lane_ids<Vec>(j) == target_id), cnt);
-      loss_acc += qv * weighted_logp;
-      qh_acc += qv * h;
+      // Padded lanes (x = 0 past the row) can give log p > 0 and NaN terms: drop them, not multiply by 0.
+      const Vec qv = Vec::blendv(Vec(q.off), Vec(q.on), lane_ids<Vec>(j) == target_id);
+      loss_acc += Vec::set(Vec(0), qv * weighted_logp, cnt);
+      qh_acc += Vec::set(Vec(0), qv * h, cnt);
     }
     if (grad != nullptr) {
       const Vec qh_sum(sum_lanes(qh_acc));
