@@ -12,6 +12,7 @@ import glob
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import setup
@@ -69,6 +70,20 @@ if CUDA_HOME is not None:
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
+def write_build_info():
+    """focal_cuda/_build_info.py records what this build compiled (read by `python -m focal_cuda`)."""
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if CUDA_HOME else ""
+    cuda_version = ""
+    if CUDA_HOME:
+        match = re.search(r"release (\d+\.\d+)", subprocess.run([os.path.join(CUDA_HOME, "bin", "nvcc"), "--version"],
+                                                                  capture_output=True, text=True).stdout)
+        cuda_version = match.group(1) if match else "unknown"
+    with open(os.path.join(HERE, "focal_cuda", "_build_info.py"), "w") as f:
+        f.write("# Written by setup.py at build time.\n")
+        f.write(f"CUDA_ARCH_LIST = {arch_list!r}\n")
+        f.write(f"CUDA_VERSION = {cuda_version!r}\n")
+
+
 def extensions():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", "-fvisibility=hidden"]
@@ -84,6 +99,7 @@ def extensions():
                                                                         "nvcc": nvcc}, extra_link_args=link)]
 
 
+write_build_info()
 setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension},

@@ -34,7 +34,7 @@ def _real_number(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value):
+    if not -math.inf < value < math.inf:  # not math.isfinite: that breaks the graph on symbolic floats
         raise ValueError(f"{name}: expected a finite number, got {value}")
     return value
 
