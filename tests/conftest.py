@@ -80,3 +80,19 @@ def check_against_reference(function, reference_function, input, target, *args, 
     assert grad.dtype == dtype
     assert_close(grad, expected_grad, dtype, "gradient")
     return loss
+
+
+# Hypothesis profiles (tests/test_fuzz.py): HYPOTHESIS_PROFILE=ci (default: reproducible, >= 2000 examples in
+# all, a few minutes on 2 cores) or dev (10x more examples, random seeds, failures saved for replay).
+try:
+    import os
+
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is a test extra; only test_fuzz.py needs it and skips without it
+    pass
+else:
+    settings.register_profile("ci", max_examples=550, deadline=None, derandomize=True, database=None,
+                              print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("dev", max_examples=5500, deadline=None, print_blob=True,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
