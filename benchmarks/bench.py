@@ -196,7 +196,8 @@ def make_provider(name, preset, reduction, focal_cuda, reference, compiled_funct
         # one torch.compile per op family and reduction; shapes/dtypes recompile under its guards
         key = (op, reduction)
         if key not in compiled_functions:
-            compiled_functions[key] = torch.compile(lambda x, t: function(x, t, reduction))
+            # dynamic=False: a kernel specialised to each shape, torch.compile's best case
+            compiled_functions[key] = torch.compile(lambda x, t: function(x, t, reduction), dynamic=False)
         return compiled_functions[key]
     raise ValueError(f"provider: expected one of {PROVIDERS}, given {name!r}")
 
@@ -450,8 +451,13 @@ def run(args):
                         result = loss_and_grad(functions[provider], x, target)
                         synchronize(device)
                         if provider == "compiled":
-                            notes[provider] = f"first call {time.perf_counter() - began:.1f}s"
-                    except Exception as error:  # a compiler failure is reported, the others keep running
+                            notes[provider] = f"compile + first fwd+bwd {time.perf_counter() - began:.1f}s"
+                    except Exception as error:  # a compiler failure or OOM is reported, the others keep running
+                        if isinstance(error, torch.cuda.OutOfMemoryError):
+                            notes[provider] = "out of memory"
+                            print(f"warning: {preset_name} {shape} {dtype_name}: {provider} ran out of memory")
+                            torch.cuda.empty_cache()
+                            continue
                         if provider != "compiled":
                             raise
                         compile_failures[failure_key] = f"compile failed: {first_line(error)}"
@@ -490,6 +496,11 @@ def run(args):
                                                      target_seconds)
                                 peak = measure_peak_bytes(prepare, timed, device)
                             except Exception as error:
+                                if isinstance(error, torch.cuda.OutOfMemoryError):
+                                    row["note"] = "out of memory"
+                                    torch.cuda.empty_cache()
+                                    case_rows.append(row)
+                                    continue
                                 if provider != "compiled":
                                     raise
                                 row["note"] = f"compile failed: {first_line(error)}"
@@ -497,6 +508,8 @@ def run(args):
                                       f"{first_line(error)}")
                                 case_rows.append(row)
                                 continue
+                            finally:
+                                del prepare, timed
                             median = statistics.median(times)
                             bandwidth = minimal_bytes / (median * 1e-3)
                             row.update(median_ms=median, p20_ms=percentile(times, 0.2),
