@@ -136,6 +136,13 @@ C10_HOST_DEVICE inline void softmax_focal_class_terms(T logp, T alpha_c, T gamma
   h = alpha_c * (m - modulating_derivative<G>(u, m, gamma, p * logp));
 }
 
+// log softmax from the row max and log(sum exp(x - max)); subtracting the max first keeps float precision
+// for logits of large magnitude (x - (max + log_sum) would cancel it away).
+template <typename T>
+C10_HOST_DEVICE inline T log_softmax_value(T x, T row_max, T log_sum_exp) {
+  return (x - row_max) - log_sum_exp;
+}
+
 // Label smoothing as in F.cross_entropy / the design: on = 1 - s + s / C, off = s / C (softmax);
 // sigmoid targets become t (1 - s) + s / 2.
 template <typename T>

@@ -300,13 +300,13 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
       vsum += e;
     }
     const op_t sum_exp = sum_lanes(vsum);
-    const op_t lse_s = row_max_s + std::log(sum_exp);
-    const Vec lse(lse_s);
+    const op_t log_sum_s = std::log(sum_exp);
+    const Vec log_sum(log_sum_s);
 
     if (!smoothing) {
       // One-hot target: loss = -alpha_t (1-p_t)^g log p_t, grad_j = h_t (p_j - [j == t]).
       op_t weighted_logp, h;
-      const op_t logp_t = static_cast<op_t>(x[tgt]) - lse_s;
+      const op_t logp_t = log_softmax_value(static_cast<op_t>(x[tgt]), row_max_s, log_sum_s);
       softmax_focal_class_terms<G>(logp_t, alpha ? alpha[tgt] : op_t(1), gamma_s, weighted_logp, h);
       if (grad != nullptr) {
         const Vec h_vec(h), target_id(static_cast<op_t>(tgt)), inv_sum_exp(op_t(1) / sum_exp);
@@ -327,7 +327,8 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
     for (int64_t j = 0; j < C; j += Vec::size()) {
       const int64_t cnt = std::min<int64_t>(Vec::size(), C - j);
       Vec weighted_logp, h;
-      softmax_focal_class_terms<G>(load_opmath(x + j, cnt) - lse, alpha_at(j, cnt), gamma, weighted_logp, h);
+      softmax_focal_class_terms<G>(log_softmax_value(load_opmath(x + j, cnt), row_max, log_sum), alpha_at(j, cnt), gamma,
+                                   weighted_logp, h);
       // Padded lanes (x = 0 past the row) can give log p > 0 and NaN terms: drop them, not multiply by 0.
       const Vec qv = Vec::blendv(Vec(q.off), Vec(q.on), lane_ids<Vec>(j) == target_id);
       loss_acc += Vec::set(Vec(0), qv * weighted_logp, cnt);
@@ -338,7 +339,7 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
       for (int64_t j = 0; j < C; j += Vec::size()) {
         const int64_t cnt = std::min<int64_t>(Vec::size(), C - j);
         Vec weighted_logp, h;
-        const Vec logp = load_opmath(x + j, cnt) - lse;
+        const Vec logp = log_softmax_value(load_opmath(x + j, cnt), row_max, log_sum);
         softmax_focal_class_terms<G>(logp, alpha_at(j, cnt), gamma, weighted_logp, h);
         const Vec qv = Vec::blendv(Vec(q.off), Vec(q.on), lane_ids<Vec>(j) == target_id);
         store_opmath(logp.exp() * qh_sum - qv * h, grad + j, cnt);
@@ -400,19 +401,21 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
       for (int64_t c = 0; c < C; ++c) vmax = at::vec::maximum(vmax, load_opmath(x_n + c * S + s0, cnt));
       Vec vsum(0);
       for (int64_t c = 0; c < C; ++c) vsum += (load_opmath(x_n + c * S + s0, cnt) - vmax).exp();
-      const Vec lse = vmax + vsum.log();
+      const Vec log_sum = vsum.log();
 
       Vec lane_loss, qh_sum;
       if (!smoothing) {
         Vec weighted_logp, h;
-        softmax_focal_class_terms<G>(Vec::loadu(x_t_buf) - lse, Vec::loadu(alpha_t_buf), gamma, weighted_logp, h);
+        softmax_focal_class_terms<G>(log_softmax_value(Vec::loadu(x_t_buf), vmax, log_sum), Vec::loadu(alpha_t_buf), gamma,
+                                     weighted_logp, h);
         lane_loss = Vec(0) - weighted_logp;
         qh_sum = h;  // grad_c = h_t (p_c - [c == t])
       } else {
         Vec loss_acc(0), qh_acc(0);
         for (int64_t c = 0; c < C; ++c) {
           Vec weighted_logp, h;
-          softmax_focal_class_terms<G>(load_opmath(x_n + c * S + s0, cnt) - lse, Vec(alpha ? alpha[c] : op_t(1)),
+          softmax_focal_class_terms<G>(log_softmax_value(load_opmath(x_n + c * S + s0, cnt), vmax, log_sum),
+                                       Vec(alpha ? alpha[c] : op_t(1)),
                                        gamma, weighted_logp, h);
           const Vec qv = Vec::blendv(Vec(q.off), Vec(q.on), target_id == Vec(static_cast<op_t>(c)));
           loss_acc += qv * weighted_logp;
@@ -428,7 +431,7 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
 
       if (grad_n != nullptr) {
         for (int64_t c = 0; c < C; ++c) {
-          const Vec p = (load_opmath(x_n + c * S + s0, cnt) - lse).exp();
+          const Vec p = log_softmax_value(load_opmath(x_n + c * S + s0, cnt), vmax, log_sum).exp();
           Vec g;
           if (!smoothing) {
             const Vec onehot = Vec::blendv(Vec(0), Vec(1), target_id == Vec(static_cast<op_t>(c)));

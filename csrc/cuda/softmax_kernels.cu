@@ -168,7 +168,7 @@ __device__ __forceinline__ opmath_t<scalar_t> softmax_row(const scalar_t* __rest
   if (counted) for_each_class(x, stride, C, vectorized, group, [&](int64_t, op_t v) { online_logsumexp_update(m, s, v); });
   const op_t row_max = group.max(m);
   const op_t scaled = m == negative_infinity<op_t>() ? op_t(0) : s * fm_exp(m - row_max);
-  const op_t lse = row_max + fm_log(group.sum(scaled));
+  const op_t log_sum = fm_log(group.sum(scaled));
   const auto alpha_at = [&](int64_t j) { return k.alpha != nullptr ? k.alpha[j] : op_t(1); };
 
   op_t row_loss(0);
@@ -176,13 +176,14 @@ __device__ __forceinline__ opmath_t<scalar_t> softmax_row(const scalar_t* __rest
     op_t h(0);
     if (counted) {
       op_t weighted_logp;
-      softmax_focal_class_terms<G>(static_cast<op_t>(x[tgt * stride]) - lse, alpha_at(tgt), k.gamma, weighted_logp, h);
+      softmax_focal_class_terms<G>(log_softmax_value(static_cast<op_t>(x[tgt * stride]), row_max, log_sum), alpha_at(tgt),
+                                   k.gamma, weighted_logp, h);
       row_loss = -weighted_logp;
     }
     if (grad != nullptr) {
       if (counted) {
         map_classes(x, grad, stride, C, vectorized, group,
-                    [&](int64_t j, op_t v) { return h * (fm_exp(v - lse) - (j == tgt ? op_t(1) : op_t(0))); });
+                    [&](int64_t j, op_t v) { return h * (fm_exp(log_softmax_value(v, row_max, log_sum)) - (j == tgt ? op_t(1) : op_t(0))); });
       } else {
         zero_classes(grad, stride, C, group);
       }
@@ -194,7 +195,7 @@ __device__ __forceinline__ opmath_t<scalar_t> softmax_row(const scalar_t* __rest
   if (counted) {
     for_each_class(x, stride, C, vectorized, group, [&](int64_t j, op_t v) {
       op_t weighted_logp, h;
-      softmax_focal_class_terms<G>(v - lse, alpha_at(j), k.gamma, weighted_logp, h);
+      softmax_focal_class_terms<G>(log_softmax_value(v, row_max, log_sum), alpha_at(j), k.gamma, weighted_logp, h);
       const op_t q = j == tgt ? k.q_on : k.q_off;
       loss_acc += q * weighted_logp;
       qh_acc += q * h;
@@ -207,7 +208,7 @@ __device__ __forceinline__ opmath_t<scalar_t> softmax_row(const scalar_t* __rest
     if (counted) {
       map_classes(x, grad, stride, C, vectorized, group, [&](int64_t j, op_t v) {
         op_t weighted_logp, h;
-        const op_t logp = v - lse;
+        const op_t logp = log_softmax_value(v, row_max, log_sum);
         softmax_focal_class_terms<G>(logp, alpha_at(j), k.gamma, weighted_logp, h);
         return fm_exp(logp) * qh_sum - (j == tgt ? k.q_on : k.q_off) * h;
       });
