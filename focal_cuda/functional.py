@@ -33,7 +33,10 @@ def _reduction_code(reduction):
 def _real_number(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name}: expected a finite number, got {value}") from None
     if not -math.inf < value < math.inf:  # not math.isfinite: that breaks the graph on symbolic floats
         raise ValueError(f"{name}: expected a finite number, got {value}")
     return value
@@ -56,6 +59,8 @@ def _label_smoothing(label_smoothing):
 def _ignore_index(ignore_index):
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+    if not -(2**63) <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index: expected a 64-bit integer, got {ignore_index}")
     return int(ignore_index)
 
 

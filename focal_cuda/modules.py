@@ -14,6 +14,21 @@ def _size_average_reduction(size_average, reduction):
     return "mean" if size_average else "sum"
 
 
+def _alpha_weights(alpha, class_num):
+    """FocalLoss's alpha as a 1-D float tensor (the buffer), from a number or per-class weights."""
+    if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
+        return torch.full((class_num,), float(alpha))
+    if isinstance(alpha, torch.Tensor):
+        if alpha.is_complex() or alpha.dtype == torch.bool:
+            raise TypeError(f"alpha: expected real-valued per-class weights, got a {alpha.dtype} tensor")
+        return alpha.detach().to(torch.get_default_dtype()).clone().reshape(-1)
+    try:
+        return torch.as_tensor(alpha, dtype=torch.get_default_dtype()).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"alpha: expected None, a number, or per-class weights (a sequence of numbers or a "
+                        f"tensor), got {type(alpha).__name__} ({exc})") from None
+
+
 class FocalLoss(nn.Module):
     """Softmax focal loss with the classic constructor: FocalLoss(class_num, alpha=None, gamma=2, size_average=True).
 
@@ -39,15 +54,17 @@ class FocalLoss(nn.Module):
             self.register_buffer("alpha", None)
             self._alpha_scalar = float(alpha)  # one weight for every class; the class count comes with the input
         else:
-            if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
-                weights = torch.full((class_num,), float(alpha))
-            else:
-                weights = torch.as_tensor(alpha, dtype=torch.get_default_dtype()).detach().clone().reshape(-1)
+            weights = _alpha_weights(alpha, class_num)
             if class_num is not None and weights.numel() != class_num:
                 raise ValueError(f"alpha: expected {class_num} per-class weights (class_num), got {weights.numel()}")
             self.register_buffer("alpha", weights)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer=None) -> torch.Tensor:
+        if self.class_num is not None and isinstance(input, torch.Tensor) and input.dim() >= 1:
+            classes = input.shape[1] if input.dim() >= 2 else input.shape[0]
+            if classes != self.class_num:
+                raise ValueError(f"input: expected {self.class_num} classes (FocalLoss class_num) in dim "
+                                 f"{1 if input.dim() >= 2 else 0}, got input of shape {tuple(input.shape)}")
         alpha = self.alpha if self.alpha is not None else self._alpha_scalar
         return F.softmax_focal_loss(input, target, alpha, self.gamma, self.reduction, ignore_index=self.ignore_index,
                                     label_smoothing=self.label_smoothing, normalizer=normalizer)
