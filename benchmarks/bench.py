@@ -229,39 +229,47 @@ def mode_steps(mode, fn, x, target):
     raise ValueError(f"mode: expected one of {MODES}, given {mode!r}")
 
 
-def measure_time(prepare, timed, device, warmup, min_reps, max_reps, target_seconds):
-    """Per-iteration times in ms after warm-up; repetitions sized to fill target_seconds."""
-    # at least one warm-up call; the rest only while they fit in half the time budget (slow naive cases)
-    warmup_began = time.perf_counter()
+def warm_up(prepare, timed, device, warmup, target_seconds):
+    """At least one call; the rest only while they fit in half the time budget (slow naive cases)."""
+    began = time.perf_counter()
     for index in range(warmup):
-        if index > 0 and time.perf_counter() - warmup_began > target_seconds / 2:
+        if index > 0 and time.perf_counter() - began > target_seconds / 2:
             break
         state = prepare()
         timed(state)
         del state
         synchronize(device)
 
-    def one_iteration():
-        state = prepare()
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            result = timed(state)
-            end.record()
-            end.synchronize()
-            del result
-            return start.elapsed_time(end)
-        synchronize(device)
-        begin = time.perf_counter()
-        result = timed(state)
-        elapsed = (time.perf_counter() - begin) * 1e3
-        del result
-        return elapsed
 
-    times = [one_iteration()]
-    estimate = max(times[0], 1e-3)
-    reps = int(min(max_reps, max(min_reps, target_seconds * 1e3 / estimate)))
-    times += [one_iteration() for _ in range(reps - 1)]
+def one_iteration(prepare, timed, device):
+    """Milliseconds of one timed(prepare()) call: CUDA events on a GPU, synchronised perf_counter on CPU."""
+    state = prepare()
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = timed(state)
+        end.record()
+        end.synchronize()
+        del result, state
+        return start.elapsed_time(end)
+    begin = time.perf_counter()
+    result = timed(state)
+    elapsed = (time.perf_counter() - begin) * 1e3
+    del result, state
+    return elapsed
+
+
+def measure_interleaved(steps, device, min_reps, max_reps, target_seconds):
+    """Per-iteration ms for each provider, taken in rotating round-robin so that every provider sees the
+    same machine load (a shared CPU drifts by 2x within a minute); rounds sized to fill the budget."""
+    times = {name: [one_iteration(*steps[name], device)] for name in steps}
+    round_ms = max(sum(values[0] for values in times.values()), 1e-3)
+    reps = int(min(max_reps, max(min_reps, target_seconds * len(steps) * 1e3 / round_ms)))
+    order = list(steps)
+    for rep in range(reps - 1):
+        shift = rep % len(order)
+        for name in order[shift:] + order[:shift]:
+            times[name].append(one_iteration(*steps[name], device))
     return times
 
 
@@ -319,9 +327,23 @@ def measure_copy_bandwidth(device, quick):
     numel = (256 << 20) if device.type == "cuda" else ((16 << 20) if quick else (32 << 20))
     src = torch.empty(numel, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    times = measure_time(lambda: None, lambda _: dst.copy_(src), device, warmup=3, min_reps=10, max_reps=50,
-                         target_seconds=0.5 if quick else 1.0)
-    return 2 * src.numel() * src.element_size() / (statistics.median(times) * 1e-3)
+    steps = {"copy": (lambda: None, lambda _: dst.copy_(src))}
+    warm_up(*steps["copy"], device, warmup=3, target_seconds=1.0)
+    times = measure_interleaved(steps, device, min_reps=10, max_reps=50, target_seconds=0.5 if quick else 1.0)
+    return 2 * src.numel() * src.element_size() / (statistics.median(times["copy"]) * 1e-3)
+
+
+def provider_failure(error, provider, case):
+    """The note for a provider that could not run a case: out of memory, or a torch.compile failure.
+    Any other error in focal_cuda, naive or reference is a bug and is raised."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        print(f"warning: {case}: {provider} ran out of memory")
+        torch.cuda.empty_cache()
+        return "out of memory"
+    if provider != "compiled":
+        raise error
+    print(f"warning: {case}: torch.compile failed, compiled skipped: {first_line(error)}")
+    return f"compile failed: {first_line(error)}"
 
 
 def tensor_bytes(tensor):
@@ -453,17 +475,9 @@ def run(args):
                         if provider == "compiled":
                             notes[provider] = f"compile + first fwd+bwd {time.perf_counter() - began:.1f}s"
                     except Exception as error:  # a compiler failure or OOM is reported, the others keep running
-                        if isinstance(error, torch.cuda.OutOfMemoryError):
-                            notes[provider] = "out of memory"
-                            print(f"warning: {preset_name} {shape} {dtype_name}: {provider} ran out of memory")
-                            torch.cuda.empty_cache()
-                            continue
-                        if provider != "compiled":
-                            raise
-                        compile_failures[failure_key] = f"compile failed: {first_line(error)}"
-                        notes[provider] = compile_failures[failure_key]
-                        print(f"warning: {preset_name} {dtype_name}: torch.compile failed, compiled skipped: "
-                              f"{first_line(error)}")
+                        notes[provider] = provider_failure(error, provider, f"{preset_name} {shape} {dtype_name}")
+                        if notes[provider].startswith("compile failed"):
+                            compile_failures[failure_key] = notes[provider]
                         continue
                     if baseline is None:
                         baseline = result
@@ -477,7 +491,7 @@ def run(args):
                     minimal_bytes = tensor_bytes(x) + tensor_bytes(target)
                     if mode != "forward":
                         minimal_bytes += tensor_bytes(x)
-                    case_rows = []
+                    rows_by_provider, steps = {}, {}
                     for provider in providers:
                         row = dict(device=device.type, device_name=device_label(device), torch=torch.__version__,
                                    threads=threads, date=date, preset=preset_name, op=preset["op"], shape=shape,
@@ -485,38 +499,43 @@ def run(args):
                                    provider=provider, minimal_bytes=minimal_bytes,
                                    copy_gbps=round(copy_bandwidth / 1e9, 2), check=checks.get(provider, ""),
                                    note=notes.get(provider, ""))
+                        rows_by_provider[provider] = row
                         if provider not in functions:
                             row["note"] = "skipped: focal_cuda not importable"
-                        elif provider not in checks:
+                            continue
+                        if provider not in checks:
                             row["note"] = row["note"] or "skipped"
-                        else:
-                            prepare, timed = mode_steps(mode, functions[provider], x, target)
+                            continue
+                        prepare, timed = mode_steps(mode, functions[provider], x, target)
+                        try:
+                            # warm-up compiles the no-grad graph for forward mode; peak memory: one profiled call
+                            warm_up(prepare, timed, device, warmup, target_seconds)
+                            row["peak_mb"] = measure_peak_bytes(prepare, timed, device) / 2**20
+                            steps[provider] = (prepare, timed)
+                        except Exception as error:
+                            row["note"] = provider_failure(error, provider, f"{preset_name} {shape} {dtype_name} {mode}")
+                        del prepare, timed
+                    try:
+                        times = measure_interleaved(steps, device, min_reps, max_reps, target_seconds)
+                    except torch.cuda.OutOfMemoryError:
+                        # rare: each provider alone fitted; time them one at a time instead
+                        torch.cuda.empty_cache()
+                        times = {}
+                        for provider, step in steps.items():
                             try:
-                                times = measure_time(prepare, timed, device, warmup, min_reps, max_reps,
-                                                     target_seconds)
-                                peak = measure_peak_bytes(prepare, timed, device)
-                            except Exception as error:
-                                if isinstance(error, torch.cuda.OutOfMemoryError):
-                                    row["note"] = "out of memory"
-                                    torch.cuda.empty_cache()
-                                    case_rows.append(row)
-                                    continue
-                                if provider != "compiled":
-                                    raise
-                                row["note"] = f"compile failed: {first_line(error)}"
-                                print(f"warning: {preset_name} {dtype_name} {mode}: torch.compile failed: "
-                                      f"{first_line(error)}")
-                                case_rows.append(row)
-                                continue
-                            finally:
-                                del prepare, timed
-                            median = statistics.median(times)
-                            bandwidth = minimal_bytes / (median * 1e-3)
-                            row.update(median_ms=median, p20_ms=percentile(times, 0.2),
-                                       p80_ms=percentile(times, 0.8), reps=len(times),
-                                       gbps=bandwidth / 1e9, sol=bandwidth / copy_bandwidth,
-                                       peak_mb=peak / 2**20)
-                        case_rows.append(row)
+                                times.update(measure_interleaved({provider: step}, device, min_reps, max_reps,
+                                                                 target_seconds))
+                            except torch.cuda.OutOfMemoryError:
+                                rows_by_provider[provider]["note"] = "out of memory"
+                                torch.cuda.empty_cache()
+                    del steps
+                    for provider, values in times.items():
+                        median = statistics.median(values)
+                        bandwidth = minimal_bytes / (median * 1e-3)
+                        rows_by_provider[provider].update(
+                            median_ms=median, p20_ms=percentile(values, 0.2), p80_ms=percentile(values, 0.8),
+                            reps=len(values), gbps=bandwidth / 1e9, sol=bandwidth / copy_bandwidth)
+                    case_rows = list(rows_by_provider.values())
                     by_provider = {r["provider"]: r for r in case_rows if "median_ms" in r}
                     for row in case_rows:
                         if "median_ms" not in row:
