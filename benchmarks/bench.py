@@ -399,20 +399,14 @@ def run(args):
             f"({missing}). Build it first (pip install . or python setup.py build_ext --inplace), "
             "or leave it out with --providers naive,reference,compiled."
         )
-    for name, choices, given in (("providers", PROVIDERS, providers),):
-        unknown = [g for g in given if g not in choices]
-        if unknown:
-            sys.exit(f"bench.py: --{name}: expected a comma list from {choices}, given unknown {unknown}")
     modes = [m.strip() for m in args.modes.split(",")]
     preset_names = list(PRESETS) if args.presets == "all" else [p.strip() for p in args.presets.split(",")]
     dtype_names = [d.strip() for d in args.dtypes.split(",")]
-    for name, choices, given in (("modes", MODES, modes), ("presets", list(PRESETS), preset_names),
+    for name, choices, given in (("providers", PROVIDERS, providers), ("modes", MODES, modes), ("presets", list(PRESETS), preset_names),
                                  ("dtypes", list(DTYPES), dtype_names)):
         unknown = [g for g in given if g not in choices]
         if unknown:
             sys.exit(f"bench.py: --{name}: expected a comma list from {choices}, given unknown {unknown}")
-    if device.type == "cpu" and "fp16" in dtype_names and args.dtypes_given:
-        print("note: fp16 on CPU runs, but it is not a CPU training dtype; numbers are for completeness")
     quick_index = 1 if device.type == "cuda" else 0
     if args.quick and args.presets == "all":
         preset_names = [p for p in preset_names if (PRESETS[p]["quick"] or (None, None))[quick_index] is not None]
@@ -433,8 +427,6 @@ def run(args):
     threads = torch.get_num_threads()
     print(f"device: {device} ({device_label(device)}), torch {torch.__version__}, threads {threads}, "
           f"copy bandwidth {copy_bandwidth / 1e9:.1f} GB/s")
-    if focal_cuda is None:
-        print(f"focal_cuda: not importable ({missing}); provider skipped")
 
     warmup = 2 if args.quick else 5
     min_reps, max_reps = (5, 50) if args.quick else (10, 200)
@@ -459,7 +451,7 @@ def run(args):
                 x.requires_grad_(True)
                 shape = "x".join(str(d) for d in x.shape)
                 functions = {p: make_provider(p, preset, args.reduction, focal_cuda, reference, compiled_functions)
-                             for p in providers if p != "focal_cuda" or focal_cuda is not None}
+                             for p in providers}
                 # one fwd+bwd per provider: checks values against focal_cuda (or reference) and warms compilers
                 checks, notes, baseline = {}, {}, None
                 for provider in [p for p in ("focal_cuda", "reference") if p in functions] + \
@@ -500,9 +492,6 @@ def run(args):
                                    copy_gbps=round(copy_bandwidth / 1e9, 2), check=checks.get(provider, ""),
                                    note=notes.get(provider, ""))
                         rows_by_provider[provider] = row
-                        if provider not in functions:
-                            row["note"] = "skipped: focal_cuda not importable"
-                            continue
                         if provider not in checks:
                             row["note"] = row["note"] or "skipped"
                             continue
@@ -690,7 +679,6 @@ def parse_args(argv=None):
     parser.add_argument("--plot", default=None, help="PNG path (default: benchmarks/results/<device>.png)")
     args = parser.parse_args(argv)
     on_gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    args.dtypes_given = args.dtypes is not None
     if args.dtypes is None:
         if args.quick:
             args.dtypes = "bf16" if on_gpu else "fp32"
