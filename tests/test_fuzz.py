@@ -29,14 +29,18 @@ DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 MAX_LOGIT = {torch.float64: 1e30, torch.float32: 1e30, torch.bfloat16: 1e30, torch.float16: 250.0}
 EXTREME_LOGITS = [0.0, 15.0, 30.0, 88.0, 100.0, 250.0, 1e4, 1e30]
 
+# No subnormal parameters: the float64 reference's own gradient is NaN for a label smoothing of 1e-311 (its
+# (1 - p_t)**gamma of a subnormal base), so it is no ground truth there; focal_cuda is finite.
 gammas = st.one_of(
     st.sampled_from([0.0, 0.5, 1.0, 2.0]),
-    st.floats(min_value=0.0, max_value=1.0, exclude_min=True, exclude_max=True),  # the fractional-power edge
-    st.floats(min_value=0.0, max_value=6.0),
+    st.floats(min_value=0.0, max_value=1.0, exclude_min=True, exclude_max=True,  # the fractional-power edge
+              allow_subnormal=False),
+    st.floats(min_value=0.0, max_value=6.0, allow_subnormal=False),
 )
 reductions = st.sampled_from(["none", "mean", "sum"])
-label_smoothings = st.one_of(st.just(0.0), st.sampled_from([1.0]), st.floats(min_value=0.0, max_value=1.0))
-unit_floats = st.floats(min_value=0.0, max_value=1.0)
+label_smoothings = st.one_of(st.just(0.0), st.sampled_from([1.0]),
+                             st.floats(min_value=0.0, max_value=1.0, allow_subnormal=False))
+unit_floats = st.floats(min_value=0.0, max_value=1.0, allow_subnormal=False)
 
 
 def random_logits(draw, shape, dtype, generator):
