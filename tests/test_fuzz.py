@@ -266,3 +266,22 @@ def test_ci_profile_runs_at_least_2000_examples():
     assert len(property_tests) * ci.max_examples >= 2000
     assert ci.derandomize and ci.deadline is None
     assert math.isfinite(ci.max_examples)
+
+
+@pytest.mark.xfail(strict=True, reason="open: csrc/focal_math.h binary_focal_point takes log(1 - p); log1p(-p) fixes it")
+def test_binary_tiny_probability_regression():
+    """Found by the dev profile: for p << 2**-24 and t = 0, log(1 - p) in float32 rounds 1 - p to 1 - 2**-24
+    or to 1, so the cross-entropy term -log(1 - p) ~ p (and the gradient through it) is 12%-100% off;
+    log1p(-p) keeps it exact. Falsifying example: float32, gamma = 0.5, p = [6.79e-8, 3.0e-9], t = 0."""
+    prob = torch.tensor([6.7908e-08, 3.0057e-09, 1.0e-12, 1.4399e-05], dtype=torch.float32)
+    target = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    for gamma in [0.0, 0.5, 2.0]:
+        leaf = prob.clone().requires_grad_(True)
+        loss = focal_cuda.binary_focal_loss(leaf, target, alpha=None, gamma=gamma, reduction="none")
+        (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        truth = prob.to(torch.float64).requires_grad_(True)
+        expected = reference.binary_focal_loss(truth, target.double(), alpha=None, gamma=gamma, reduction="none")
+        (expected_grad,) = torch.autograd.grad(expected.sum(), truth)
+        # relative, without the absolute floor: these values are all far below atol
+        torch.testing.assert_close(loss.double(), expected.detach(), rtol=1e-4, atol=0)
+        torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=0)
