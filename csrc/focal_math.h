@@ -24,6 +24,8 @@ constexpr int kGammaAny = -1;
   C10_HOST_DEVICE inline T fm_expm1(T x) { return std::expm1(x); }                             \
   C10_HOST_DEVICE inline T fm_log(T x) { return std::log(x); }                                 \
   C10_HOST_DEVICE inline T fm_log1p(T x) { return std::log1p(x); }                             \
+  /* log1p for arguments in [0, 1]; the CPU SIMD overload uses that range for a cheaper series */ \
+  C10_HOST_DEVICE inline T fm_log1p_unit(T x) { return std::log1p(x); }                        \
   C10_HOST_DEVICE inline T fm_abs(T x) { return std::abs(x); }                                 \
   C10_HOST_DEVICE inline T fm_pow(T x, T y) { return std::pow(x, y); }                         \
   C10_HOST_DEVICE inline T fm_max(T a, T b) { return a != a ? a : (a > b ? a : b); }           \
@@ -91,7 +93,7 @@ C10_HOST_DEVICE inline void sigmoid_focal_point(T x, T t, AlphaWeight<T> alpha, 
   const auto x_nonneg = x >= zero;
   const T p = fm_select(x_nonneg, inv, e * inv);
   const T q = fm_select(x_nonneg, e * inv, inv);  // 1 - p without cancellation
-  const T ce = fm_max(x, zero) - t * x + fm_log1p(e);
+  const T ce = fm_max(x, zero) - t * x + fm_log1p_unit(e);
   const T u = t * q + (one - t) * p;
   const T m = modulating_factor<G>(u, gamma);
   const T a = alpha.at(t);

@@ -105,7 +105,8 @@ void check_binary_args(const at::Tensor& prob, const at::Tensor& target, int64_t
 
 LossGradScale finish_forward(const at::Tensor& input, const at::Tensor& loss_none, const at::Tensor& loss_sum,
                              const at::Tensor& count, const at::Tensor& grad,
-                             const std::optional<at::Tensor>& normalizer, int64_t reduction) {
+                             const std::optional<at::Tensor>& normalizer, int64_t reduction,
+                             bool grad_prescaled) {
   const auto opmath = input.options().dtype(opmath_dtype(input));
   const at::Tensor grad_out = grad.defined() ? grad : at::empty({0}, input.options());
   if (reduction == kNone) return {loss_none, grad_out, at::ones({}, opmath)};
@@ -116,7 +117,7 @@ LossGradScale finish_forward(const at::Tensor& input, const at::Tensor& loss_non
   at::Tensor inv_denominator = at::reciprocal(denominator);
   if (!normalizer.has_value()) inv_denominator = at::where(count > 0, inv_denominator, at::zeros({}, opmath));
   const at::Tensor loss = (loss_sum / denominator).to(input.scalar_type());
-  return {loss, grad_out, inv_denominator};
+  return {loss, grad_out, grad_prescaled ? at::ones({}, opmath) : inv_denominator};
 }
 
 at::Tensor apply_grad_output(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,

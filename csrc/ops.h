@@ -23,10 +23,12 @@ void check_binary_args(const at::Tensor& prob, const at::Tensor& target, int64_t
 at::ScalarType opmath_dtype(const at::Tensor& input);
 
 // Finishes a forward pass from the kernel's per-element loss (reduction 'none') or its on-device loss
-// sum and counted elements (0-dim opmath tensors): returns (loss, grad, grad_scale).
+// sum and counted elements (0-dim opmath tensors): returns (loss, grad, grad_scale). grad_prescaled: the
+// kernel already multiplied grad by the mean's 1/denominator, so grad_scale is 1.
 LossGradScale finish_forward(const at::Tensor& input, const at::Tensor& loss_none, const at::Tensor& loss_sum,
                              const at::Tensor& count, const at::Tensor& grad,
-                             const std::optional<at::Tensor>& normalizer, int64_t reduction);
+                             const std::optional<at::Tensor>& normalizer, int64_t reduction,
+                             bool grad_prescaled = false);
 
 // The backward ops: grad * grad_output (grad_output broadcast over dim 1 when class_dim_reduced, i.e. the
 // softmax 'none' loss), or grad * (grad_output * grad_scale) for 'mean'/'sum'. One pass, no host read.

@@ -69,6 +69,15 @@ for _name in ("sigmoid_focal_bwd", "softmax_focal_bwd", "binary_focal_bwd"):
     torch.library.register_fake(f"focal_cuda::{_name}")(_bwd_fake)
 
 
+def _applies_nothing(grad_loss, grad_scale):
+    """True when backward would multiply the saved gradient by exactly 1 (loss.backward() of a reduced
+    loss on CPU, whose forward folded the mean into the gradient): it is then returned as it is, saving a
+    full pass over it. Only plain CPU tensors are read; traced or device tensors always take the op."""
+    return (type(grad_loss) is torch.Tensor and type(grad_scale) is torch.Tensor
+            and grad_loss.device.type == "cpu" and grad_scale.device.type == "cpu" and grad_loss.dim() == 0
+            and not torch.compiler.is_compiling() and bool(grad_loss == 1) and bool(grad_scale == 1))
+
+
 def _register_autograd(fwd_name, bwd_op, reduction_index, num_inputs):
     def setup_context(ctx, inputs, output):
         _, grad, grad_scale = output
@@ -85,6 +94,8 @@ def _register_autograd(fwd_name, bwd_op, reduction_index, num_inputs):
         grad, grad_scale = ctx.saved_tensors
         if grad_loss is None:
             return (None,) * num_inputs
+        if _applies_nothing(grad_loss, grad_scale):
+            return (grad,) + (None,) * (num_inputs - 1)
         return (bwd_op(grad_loss, grad, grad_scale, ctx.reduction),) + (None,) * (num_inputs - 1)
 
     torch.library.register_autograd(f"focal_cuda::{fwd_name}", backward, setup_context=setup_context)

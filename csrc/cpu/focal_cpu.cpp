@@ -34,11 +34,26 @@ cpu::ForwardArgs make_args(const at::Tensor& input, const at::Tensor& target, at
   return args;
 }
 
+// 'mean' folds 1/denominator into the gradient the kernel writes (reading a CPU value is no device sync),
+// so backward with grad_output == 1 has nothing left to apply. The count comes from the targets alone.
+template <typename CountFn>
+double mean_grad_scale(int64_t reduction, const std::optional<at::Tensor>& normalizer, const CountFn& count) {
+  if (reduction != kMean) return 1.0;
+  if (normalizer.has_value()) return 1.0 / normalizer->item<double>();
+  const int64_t n = count();
+  return n > 0 ? 1.0 / static_cast<double>(n) : 0.0;
+}
+
+int64_t counted_targets(const at::Tensor& target, int64_t ignore_index) {
+  return target.ne(ignore_index).sum().item<int64_t>();
+}
+
 LossGradScale finish(const cpu::ForwardArgs& args, const cpu::ForwardSums& sums,
                      const std::optional<at::Tensor>& normalizer, int64_t reduction) {
   const auto opmath = args.input.options().dtype(opmath_dtype(args.input));
   return finish_forward(args.input, args.loss_none, at::scalar_tensor(sums.loss_sum, opmath),
-                        at::scalar_tensor(static_cast<double>(sums.count), opmath), args.grad, normalizer, reduction);
+                        at::scalar_tensor(static_cast<double>(sums.count), opmath), args.grad, normalizer, reduction,
+                        /*grad_prescaled=*/true);
 }
 
 LossGradScale sigmoid_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& target, double alpha, double gamma,
@@ -49,6 +64,10 @@ LossGradScale sigmoid_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& t
   args.gamma = gamma;
   args.label_smoothing = label_smoothing;
   args.ignore_index = ignore_index;
+  args.grad_scale = mean_grad_scale(reduction, normalizer, [&] {
+    const int64_t C = input.dim() == 0 ? 1 : input.size(-1);
+    return target.scalar_type() == at::kLong ? counted_targets(target, ignore_index) * C : input.numel();
+  });
   const auto sums = use_avx2_kernels() ? cpu::avx2::sigmoid_focal_forward(args, alpha)
                                        : cpu::base::sigmoid_focal_forward(args, alpha);
   return finish(args, sums, normalizer, reduction);
@@ -63,6 +82,7 @@ LossGradScale softmax_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& t
   args.gamma = gamma;
   args.label_smoothing = label_smoothing;
   args.ignore_index = ignore_index;
+  args.grad_scale = mean_grad_scale(reduction, normalizer, [&] { return counted_targets(target, ignore_index); });
   const at::Tensor alpha_c = alpha.has_value() ? alpha->contiguous() : at::Tensor();
   const auto sums = use_avx2_kernels() ? cpu::avx2::softmax_focal_forward(args, alpha_c)
                                        : cpu::base::softmax_focal_forward(args, alpha_c);
@@ -74,6 +94,7 @@ LossGradScale binary_focal_fwd_cpu(const at::Tensor& prob, const at::Tensor& tar
   check_binary_args(prob, target, reduction);
   cpu::ForwardArgs args = make_args(prob, target, prob.sizes(), reduction, compute_grad);
   args.gamma = gamma;
+  args.grad_scale = mean_grad_scale(reduction, std::nullopt, [&] { return prob.numel(); });
   const auto sums = use_avx2_kernels() ? cpu::avx2::binary_focal_forward(args, alpha)
                                        : cpu::base::binary_focal_forward(args, alpha);
   return finish(args, sums, std::nullopt, reduction);

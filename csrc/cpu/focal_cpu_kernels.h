@@ -22,6 +22,7 @@ struct ForwardArgs {
   at::Tensor target;
   at::Tensor loss_none;  // per-element (sigmoid, binary) or per-row (softmax) loss, input dtype
   at::Tensor grad;       // d(sum of losses)/d(input), input dtype
+  double grad_scale = 1.0;  // grad is written pre-multiplied by this (the mean's 1/denominator)
   double gamma = 2.0;
   double label_smoothing = 0.0;
   int64_t ignore_index = -100;

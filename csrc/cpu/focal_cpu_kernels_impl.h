@@ -106,18 +106,19 @@ inline ForwardSums dispatch_gamma(double gamma, const Body& body) {
 }
 
 // Applies point(x, t, loss, grad) to a contiguous segment, t given by target_at(offset, count).
-// Writes per-element loss/grad when the pointers are set; returns the sum of the segment's losses.
+// Writes per-element loss and grad * grad_scale when the pointers are set; returns the segment's loss sum.
 template <typename scalar_t, typename TargetAt, typename Point>
 inline opmath_t<scalar_t> pointwise_segment(const scalar_t* x, int64_t len, const TargetAt& target_at,
-                                            const Point& point, scalar_t* loss, scalar_t* grad) {
+                                            const Point& point, scalar_t* loss, scalar_t* grad, double grad_scale) {
   using Vec = Vectorized<opmath_t<scalar_t>>;
+  const Vec scale(static_cast<opmath_t<scalar_t>>(grad_scale));
   Vec acc(0);
   for (int64_t j = 0; j < len; j += Vec::size()) {
     const int64_t cnt = std::min<int64_t>(Vec::size(), len - j);
     Vec l, g;
     point(load_opmath(x + j, cnt), target_at(j, cnt), l, g);
     if (loss != nullptr) store_opmath(l, loss + j, cnt);
-    if (grad != nullptr) store_opmath(g, grad + j, cnt);
+    if (grad != nullptr) store_opmath(g * scale, grad + j, cnt);
     acc += cnt == Vec::size() ? l : Vec::set(Vec(0), l, cnt);  // padded lanes are not data
   }
   return sum_lanes(acc);
@@ -141,7 +142,7 @@ ForwardSums dense_pointwise_forward(const ForwardArgs& args, const Point& point)
     const int64_t len = std::min(kBlock, n - begin);
     const auto target_at = [&](int64_t j, int64_t cnt) { return load_opmath(t + begin + j, cnt); };
     const double s = pointwise_segment(x + begin, len, target_at, point, loss ? loss + begin : nullptr,
-                                       grad ? grad + begin : nullptr);
+                                       grad ? grad + begin : nullptr, args.grad_scale);
     return ForwardSums{s, 0};
   });
   sums.count = n;
@@ -216,7 +217,7 @@ ForwardSums sigmoid_focal_forward_typed(const ForwardArgs& args, double alpha_va
         return Vec::blendv(Vec(0), Vec(1), lane_ids<Vec>(j) == target_id);
       };
       return static_cast<double>(
-          pointwise_segment(x + r * C, C, target_at, point, loss_row, grad ? grad + r * C : nullptr));
+          pointwise_segment(x + r * C, C, target_at, point, loss_row, grad ? grad + r * C : nullptr, args.grad_scale));
     });
     sums.count *= C;  // every element of a counted row counts
     return sums;
@@ -264,6 +265,7 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
   scalar_t* grad_all = data_or_null<scalar_t>(args.grad);
   const op_t gamma_s = static_cast<op_t>(args.gamma);
   const Vec gamma(gamma_s);
+  const op_t grad_scale = static_cast<op_t>(args.grad_scale);
   const bool smoothing = args.label_smoothing > 0;
   const auto q = smoothed_target<op_t>(args.label_smoothing, C);
   const auto alpha_at = [&](int64_t j, int64_t cnt) { return alpha ? Vec::loadu(alpha + j, cnt) : Vec(1); };
@@ -309,7 +311,7 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
       const op_t logp_t = log_softmax_value(static_cast<op_t>(x[tgt]), row_max_s, log_sum_s);
       softmax_focal_class_terms<G>(logp_t, alpha ? alpha[tgt] : op_t(1), gamma_s, weighted_logp, h);
       if (grad != nullptr) {
-        const Vec h_vec(h), target_id(static_cast<op_t>(tgt)), inv_sum_exp(op_t(1) / sum_exp);
+        const Vec h_vec(h * grad_scale), target_id(static_cast<op_t>(tgt)), inv_sum_exp(op_t(1) / sum_exp);
         for (int64_t j = 0; j < C; j += Vec::size()) {
           const int64_t cnt = std::min<int64_t>(Vec::size(), C - j);
           const Vec p = Vec::loadu(shifted_exp + j, cnt) * inv_sum_exp;
@@ -342,7 +344,7 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
         const Vec logp = log_softmax_value(load_opmath(x + j, cnt), row_max, log_sum);
         softmax_focal_class_terms<G>(logp, alpha_at(j, cnt), gamma, weighted_logp, h);
         const Vec qv = Vec::blendv(Vec(q.off), Vec(q.on), lane_ids<Vec>(j) == target_id);
-        store_opmath(logp.exp() * qh_sum - qv * h, grad + j, cnt);
+        store_opmath((logp.exp() * qh_sum - qv * h) * Vec(grad_scale), grad + j, cnt);
       }
     }
     const op_t row_loss = -sum_lanes(loss_acc);
@@ -364,6 +366,7 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
   scalar_t* loss = data_or_null<scalar_t>(args.loss_none);
   scalar_t* grad_all = data_or_null<scalar_t>(args.grad);
   const Vec gamma(static_cast<op_t>(args.gamma));
+  const Vec grad_scale(static_cast<op_t>(args.grad_scale));
   const bool smoothing = args.label_smoothing > 0;
   const auto q = smoothed_target<op_t>(args.label_smoothing, C);
   const op_t neg_inf = -std::numeric_limits<op_t>::infinity();
@@ -439,7 +442,7 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
           } else {
             g = p * qh_sum - Vec::loadu(qh_scratch.data() + c * kLanes);
           }
-          store_opmath(fm_select(valid_mask, g, Vec(0)), grad_n + c * S + s0, cnt);
+          store_opmath(fm_select(valid_mask, g * grad_scale, Vec(0)), grad_n + c * S + s0, cnt);
         }
       }
     }
