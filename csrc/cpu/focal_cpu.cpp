@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 namespace focal {
@@ -44,8 +45,11 @@ double mean_grad_scale(int64_t reduction, const std::optional<at::Tensor>& norma
   return n > 0 ? 1.0 / static_cast<double>(n) : 0.0;
 }
 
+// A plain loop: a few microseconds, where target.ne(ignore_index).sum() costs milliseconds in ATen overhead.
 int64_t counted_targets(const at::Tensor& target, int64_t ignore_index) {
-  return target.ne(ignore_index).sum().item<int64_t>();
+  const at::Tensor t = target.contiguous();
+  const int64_t* data = t.data_ptr<int64_t>();
+  return std::count_if(data, data + t.numel(), [&](int64_t v) { return v != ignore_index; });
 }
 
 LossGradScale finish(const cpu::ForwardArgs& args, const cpu::ForwardSums& sums,
