@@ -17,18 +17,32 @@ SRC="$DEST/src"
 PYTHON=${PYTHON:-python}
 START=$(date +%s)
 
-# ---- a fresh copy of the working tree (tracked and untracked-but-not-ignored files, mtimes kept) --------------
-rm -rf "$SRC"
-mkdir -p "$SRC" "$DEST/build_temp"
+# ---- a copy of the working tree (tracked and untracked-but-not-ignored files) ---------------------------------
+# Only files whose content changed are rewritten (with a fresh mtime), so ninja recompiles exactly those: a
+# copy that kept the checkout's mtimes could look older than an object built from a previous copy.
+STAGE="$DEST/stage"
+rm -rf "$STAGE"
+mkdir -p "$STAGE" "$SRC" "$DEST/build_temp"
 cd "$REPO"
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   git ls-files -z -co --exclude-standard |
     while IFS= read -r -d '' path; do [ -f "$path" ] && printf '%s\0' "$path"; done |
-    tar --null -T - -cf - | tar -xf - -C "$SRC"
+    tar --null -T - -cf - | tar -xf - -C "$STAGE"
 else
-  tar -cf - setup.py pyproject.toml csrc focal_cuda tests | tar -xf - -C "$SRC"
-  rm -f "$SRC"/focal_cuda/_C*.so
+  tar -cf - setup.py pyproject.toml csrc focal_cuda tests | tar -xf - -C "$STAGE"
+  rm -f "$STAGE"/focal_cuda/_C*.so
 fi
+(cd "$STAGE" && find . -type f -print0) | while IFS= read -r -d '' path; do
+  if ! cmp -s "$STAGE/$path" "$SRC/$path"; then
+    mkdir -p "$(dirname "$SRC/$path")"
+    cp "$STAGE/$path" "$SRC/$path"
+  fi
+done
+# files gone from the tree go from the copy too (build outputs and caches stay)
+(cd "$SRC" && find . -type f -not -name '_C*.so' -not -path '*/__pycache__/*' -not -path './build/*' \
+  -not -path '*.egg-info/*' -print0) | while IFS= read -r -d '' path; do
+  [ -f "$STAGE/$path" ] || rm -f "$SRC/$path"
+done
 
 # ---- the sanitized CPU-only build (object files in $DEST/build_temp are reused by the next run) --------------
 cd "$SRC"
