@@ -111,7 +111,7 @@ C10_HOST_DEVICE inline void binary_focal_point(T p, T t, AlphaWeight<T> alpha, T
   const T one(1), log_floor(-100), eps(1e-12);
   const T q = one - p;
   const T logp = fm_max(fm_log(p), log_floor);
-  const T logq = fm_max(fm_log(q), log_floor);
+  const T logq = fm_max(fm_log1p(-p), log_floor);  // log(1 - p) would round 1 - p for tiny p
   const T ce = -(t * logp + (one - t) * logq);
   const T u = t * q + (one - t) * p;
   const T m = modulating_factor<G>(u, gamma);

@@ -268,7 +268,6 @@ def test_ci_profile_runs_at_least_2000_examples():
     assert math.isfinite(ci.max_examples)
 
 
-@pytest.mark.xfail(strict=True, reason="open: csrc/focal_math.h binary_focal_point takes log(1 - p); log1p(-p) fixes it")
 def test_binary_tiny_probability_regression():
     """Found by the dev profile: for p << 2**-24 and t = 0, log(1 - p) in float32 rounds 1 - p to 1 - 2**-24
     or to 1, so the cross-entropy term -log(1 - p) ~ p (and the gradient through it) is 12%-100% off;
