@@ -271,11 +271,13 @@ def binary_focal_loss(prob, target, alpha=0.25, gamma=2.0, reduction="mean"):
     alpha = _binary_alpha(alpha)
     target = target.to(prob.dtype)
 
-    def clamped_log(x):
+    def clamped_log(x, log_fn, shift):
         # log(0) = -inf has an undefined gradient; clamp first so the gradient there is 0
-        positive = x > 0
-        safe_x = torch.where(positive, x, torch.ones_like(x))
-        return torch.where(positive, torch.log(safe_x).clamp(min=-100), torch.full_like(x, -100.0))
+        positive = x + shift > 0
+        safe_x = torch.where(positive, x, torch.ones_like(x) - shift)
+        return torch.where(positive, log_fn(safe_x).clamp(min=-100), torch.full_like(x, -100.0))
 
-    loss = _binary_focal_terms(prob, 1 - prob, clamped_log(prob), clamped_log(1 - prob), target, alpha, gamma)
+    log_p = clamped_log(prob, torch.log, 0.0)
+    log_1mp = clamped_log(-prob, torch.log1p, 1.0)  # log1p(-p): exact for tiny p, where 1 - p rounds
+    loss = _binary_focal_terms(prob, 1 - prob, log_p, log_1mp, target, alpha, gamma)
     return _reduce(loss, reduction, torch.tensor(loss.numel(), device=loss.device), None)
