@@ -15,7 +15,7 @@ $(STAMP): $(SOURCES)
 	mkdir -p build && touch $(STAMP)
 
 bench: install
-	$(PYTHON) benchmarks/bench.py
+	$(PYTHON) benchmarks/bench.py --quick
 
 test: install
 	$(PYTHON) -m pytest -q tests
