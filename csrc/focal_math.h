@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace focal {
 
@@ -17,6 +18,17 @@ enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 
 // Integer gammas with an unrolled power; kGammaAny calls pow.
 constexpr int kGammaAny = -1;
+
+// Calls body(std::integral_constant<int, G>{}) with G the integer-gamma fast path (0..3) or kGammaAny, and
+// returns what it returns. Host code: both backends pick their kernel instantiation with it.
+template <typename Body>
+inline decltype(auto) dispatch_gamma(double gamma, const Body& body) {
+  if (gamma == 0.0) return body(std::integral_constant<int, 0>{});
+  if (gamma == 1.0) return body(std::integral_constant<int, 1>{});
+  if (gamma == 2.0) return body(std::integral_constant<int, 2>{});
+  if (gamma == 3.0) return body(std::integral_constant<int, 3>{});
+  return body(std::integral_constant<int, kGammaAny>{});
+}
 
 // ---- scalar primitives -------------------------------------------------------------------------------
 #define FOCAL_SCALAR_PRIMITIVES(T)                                                             \
@@ -79,6 +91,10 @@ struct AlphaWeight {
   T neg;
   T diff;
   C10_HOST_DEVICE T at(T t) const { return neg + diff * t; }
+  // From the op's alpha argument: alpha < 0 disables alpha (a_t = 1).
+  static AlphaWeight from(double alpha) {
+    return alpha < 0 ? AlphaWeight{T(1), T(0)} : AlphaWeight{T(1 - alpha), T(2 * alpha - 1)};
+  }
 };
 
 // Loss and d(loss)/dx of one logit x with (possibly soft) target t.

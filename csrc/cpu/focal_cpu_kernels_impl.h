@@ -95,16 +95,6 @@ ForwardSums reduce_blocks(int64_t num_blocks, const BlockFn& fn) {
   return total;
 }
 
-// Calls body.template operator()<G>() with G the integer gamma fast path (0..3) or kGammaAny.
-template <typename Body>
-inline ForwardSums dispatch_gamma(double gamma, const Body& body) {
-  if (gamma == 0.0) return body(std::integral_constant<int, 0>{});
-  if (gamma == 1.0) return body(std::integral_constant<int, 1>{});
-  if (gamma == 2.0) return body(std::integral_constant<int, 2>{});
-  if (gamma == 3.0) return body(std::integral_constant<int, 3>{});
-  return body(std::integral_constant<int, kGammaAny>{});
-}
-
 // Applies point(x, t, loss, grad) to a contiguous segment, t given by target_at(offset, count).
 // Writes per-element loss and grad * grad_scale when the pointers are set; returns the segment's loss sum.
 template <typename scalar_t, typename TargetAt, typename Point>
@@ -179,17 +169,11 @@ ForwardSums class_rows_forward(const ForwardArgs& args, int64_t rows, int64_t C,
 
 // ---- sigmoid ---------------------------------------------------------------------------------------------
 
-template <typename T>
-inline AlphaWeight<T> alpha_weight(double alpha) {
-  // alpha < 0: disabled, a_t = 1.
-  return alpha < 0 ? AlphaWeight<T>{T(1), T(0)} : AlphaWeight<T>{T(1 - alpha), T(2 * alpha - 1)};
-}
-
 template <typename scalar_t>
 ForwardSums sigmoid_focal_forward_typed(const ForwardArgs& args, double alpha_value) {
   using op_t = opmath_t<scalar_t>;
   using Vec = Vectorized<op_t>;
-  const auto alpha = alpha_weight<Vec>(alpha_value);
+  const auto alpha = AlphaWeight<Vec>::from(alpha_value);
   const Vec gamma(static_cast<op_t>(args.gamma));
   const Vec smoothing(static_cast<op_t>(args.label_smoothing));
   return dispatch_gamma(args.gamma, [&](auto g) {
@@ -229,7 +213,7 @@ ForwardSums sigmoid_focal_forward_typed(const ForwardArgs& args, double alpha_va
 template <typename scalar_t>
 ForwardSums binary_focal_forward_typed(const ForwardArgs& args, double alpha_value) {
   using Vec = Vectorized<opmath_t<scalar_t>>;
-  const auto alpha = alpha_weight<Vec>(alpha_value);
+  const auto alpha = AlphaWeight<Vec>::from(alpha_value);
   const Vec gamma(static_cast<opmath_t<scalar_t>>(args.gamma));
   return dispatch_gamma(args.gamma, [&](auto g) {
     constexpr int G = decltype(g)::value;

@@ -152,7 +152,7 @@ void launch_elementwise(const ElementwiseParams& p, int device, cudaStream_t str
     const bool aligned = is_vector_aligned(x) && is_vector_aligned(loss) && is_vector_aligned(grad) &&
                          (kind == ElementwiseKind::kSigmoidIndex || is_vector_aligned(p.target));
     const int grid = grid_for(aligned ? ceil_div(p.numel, V) : p.numel, kThreads, device);
-    const auto alpha = alpha_weight<op_t>(p.alpha);
+    const auto alpha = AlphaWeight<op_t>::from(p.alpha);
     const op_t gamma = static_cast<op_t>(p.gamma);
     dispatch_gamma(p.gamma, [&](auto gamma_tag) {
       constexpr int G = decltype(gamma_tag)::value;

@@ -91,29 +91,6 @@ void dispatch_floating(c10::ScalarType dtype, const char* name, const F& f) {
   }
 }
 
-// Calls f(std::integral_constant<int, G>{}) with G the integer-gamma fast path (0..3) or kGammaAny,
-// the same split as the CPU kernels.
-template <typename F>
-void dispatch_gamma(double gamma, const F& f) {
-  if (gamma == 0.0) {
-    f(std::integral_constant<int, 0>{});
-  } else if (gamma == 1.0) {
-    f(std::integral_constant<int, 1>{});
-  } else if (gamma == 2.0) {
-    f(std::integral_constant<int, 2>{});
-  } else if (gamma == 3.0) {
-    f(std::integral_constant<int, 3>{});
-  } else {
-    f(std::integral_constant<int, kGammaAny>{});
-  }
-}
-
-template <typename T>
-inline AlphaWeight<T> alpha_weight(double alpha) {
-  // alpha < 0: disabled, a_t = 1 (as the CPU kernels).
-  return alpha < 0 ? AlphaWeight<T>{T(1), T(0)} : AlphaWeight<T>{T(1 - alpha), T(2 * alpha - 1)};
-}
-
 // ---- deterministic reduction -------------------------------------------------------------------------------
 
 struct SumCount {
