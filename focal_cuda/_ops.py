@@ -34,14 +34,15 @@ REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _NONE = REDUCTIONS["none"]
 
 
-def _opmath(dtype):
+def opmath_dtype(dtype):
+    """The dtype the kernels compute in (and of alpha, normalizer and grad_scale) for input `dtype`."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _fake_outputs(input, loss_shape, reduction, compute_grad):
     loss = input.new_empty(loss_shape if reduction == _NONE else ())
     grad = input.new_empty(input.shape if compute_grad else (0,))
-    return loss, grad, input.new_empty((), dtype=_opmath(input.dtype))
+    return loss, grad, input.new_empty((), dtype=opmath_dtype(input.dtype))
 
 
 @torch.library.register_fake("focal_cuda::sigmoid_focal_fwd")

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._ops import REDUCTIONS, ops
+from ._ops import REDUCTIONS, ops, opmath_dtype
 
 Number = Union[int, float]
 
@@ -76,8 +76,7 @@ def _normalizer(normalizer, input):
     if normalizer is None or isinstance(normalizer, torch.Tensor):
         return normalizer
     value = _real_number(normalizer, "normalizer")
-    return torch.full((), value, dtype=torch.float64 if input.dtype == torch.float64 else torch.float32,
-                      device=input.device)
+    return torch.full((), value, dtype=opmath_dtype(input.dtype), device=input.device)
 
 
 def _compute_grad(input):
@@ -92,7 +91,7 @@ def _softmax_alpha(alpha, input):
     """None, a number (all classes), or C weights in any shape (e.g. (C, 1)) -> None or a 1-D opmath tensor."""
     if alpha is None:
         return None
-    opmath = torch.float64 if input.dtype == torch.float64 else torch.float32
+    opmath = opmath_dtype(input.dtype)
     if isinstance(alpha, torch.Tensor):
         if not (alpha.is_floating_point() or alpha.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
                                                               torch.uint8)):
