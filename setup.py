@@ -86,15 +86,18 @@ def write_build_info():
 
 def extensions():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fvisibility=hidden"]
-    link = []
+    # at::parallel_for is an inline template: without OpenMP here it runs serially, whatever torch was built with.
+    openmp = ["-fopenmp"]
+    cxx = ["-O3", "-fvisibility=hidden"] + openmp
+    link = list(openmp)
     if _flag("FOCAL_CUDA_SANITIZE"):
-        cxx = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
-        link = ["-fsanitize=address,undefined"]
+        cxx = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+               "-fno-sanitize-recover=undefined"] + openmp
+        link = ["-fsanitize=address,undefined"] + openmp
     if CUDA_HOME is None:
         return [CppExtension("focal_cuda._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)]
     sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
-    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-DFOCAL_CUDA_WITH_CUDA"]
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-DFOCAL_CUDA_WITH_CUDA", "-Xcompiler", "-fopenmp"]
     return [CUDAExtension("focal_cuda._C", sources, extra_compile_args={"cxx": cxx + ["-DFOCAL_CUDA_WITH_CUDA"],
                                                                         "nvcc": nvcc}, extra_link_args=link)]
 
