@@ -97,7 +97,7 @@ def extensions():
     if CUDA_HOME is None:
         return [CppExtension("focal_cuda._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)]
     sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
-    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-DFOCAL_CUDA_WITH_CUDA", "-Xcompiler", "-fopenmp"]
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-DFOCAL_CUDA_WITH_CUDA"]
     return [CUDAExtension("focal_cuda._C", sources, extra_compile_args={"cxx": cxx + ["-DFOCAL_CUDA_WITH_CUDA"],
                                                                         "nvcc": nvcc}, extra_link_args=link)]
 
