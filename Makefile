@@ -3,6 +3,11 @@
 PYTHON ?= python
 STAMP := build/.focal_cuda_installed
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
+# The CUDA kernels also run on CPU tensors under the SIMT emulator (tests/test_emulated_cuda.py) wherever the
+# CUDA toolkit's headers are: FOCAL_CUDA_EMULATE=0 skips that build.
+CUDA_ROOT := $(or $(CUDA_HOME),/usr/local/cuda)
+FOCAL_CUDA_EMULATE ?= $(shell test -e $(CUDA_ROOT)/include/cuda_runtime_api.h && echo 1 || echo 0)
+export FOCAL_CUDA_EMULATE
 
 .PHONY: install bench test
 

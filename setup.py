@@ -5,7 +5,9 @@ Environment:
   FOCAL_CUDA_FORCE_CUDA=1  require CUDA; fail when no toolkit is found
   TORCH_CUDA_ARCH_LIST     GPU architectures (default "8.0;9.0+PTX")
   CUDA_HOME                toolkit root (default: /usr/local/cuda, else the directory above the real nvcc)
-  FOCAL_CUDA_SANITIZE=1    build the CPU code with AddressSanitizer and UndefinedBehaviorSanitizer
+  FOCAL_CUDA_SANITIZE=1    build the host code with AddressSanitizer and UndefinedBehaviorSanitizer
+  FOCAL_CUDA_EMULATE=1     also build focal_cuda._emulated: the CUDA kernels compiled as host C++ against
+                           the SIMT emulator (csrc/emulate), run on CPU tensors by focal_cuda.testing
   MAX_JOBS                 parallel compile jobs (ninja)
 """
 import glob
@@ -55,6 +57,8 @@ def want_cuda():
     if _flag("FOCAL_CUDA_CPU_ONLY"):
         return None
     cuda_home = find_cuda_home()
+    if cuda_home is None and _flag("FOCAL_CUDA_EMULATE"):
+        sys.exit("FOCAL_CUDA_EMULATE=1 needs the CUDA toolkit's headers: set CUDA_HOME to the toolkit root")
     if cuda_home is None and _flag("FOCAL_CUDA_FORCE_CUDA"):
         sys.exit("FOCAL_CUDA_FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to the toolkit root "
                  "(the directory holding bin/nvcc)")
@@ -84,6 +88,17 @@ def write_build_info():
         f.write(f"CUDA_VERSION = {cuda_version!r}\n")
 
 
+def emulated_extension(cxx, link):
+    """focal_cuda._emulated: csrc/cuda's launchers and kernels built by g++ against csrc/emulate/simt.h."""
+    cuda_home = CUDA_HOME or find_cuda_home()
+    if cuda_home is None:
+        sys.exit("FOCAL_CUDA_EMULATE=1 needs the CUDA toolkit's headers: set CUDA_HOME to the toolkit root")
+    flags = cxx + ["-DFOCAL_CUDA_EMULATE", "-DFOCAL_OPS_NAMESPACE=focal_cuda_emulated", "-Wno-unknown-pragmas",
+                   "-isystem", os.path.join(cuda_home, "include")]
+    return CppExtension("focal_cuda._emulated", sorted(glob.glob("csrc/emulate/*.cpp")),
+                        extra_compile_args={"cxx": flags}, extra_link_args=link)
+
+
 def extensions():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # at::parallel_for is an inline template: without OpenMP here it runs serially, whatever torch was built with.
@@ -94,12 +109,13 @@ def extensions():
         cxx = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
                "-fno-sanitize-recover=undefined"] + openmp
         link = ["-fsanitize=address,undefined"] + openmp
+    extra = [emulated_extension(cxx, link)] if _flag("FOCAL_CUDA_EMULATE") else []
     if CUDA_HOME is None:
-        return [CppExtension("focal_cuda._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)]
+        return [CppExtension("focal_cuda._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)] + extra
     sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-DFOCAL_CUDA_WITH_CUDA"]
     return [CUDAExtension("focal_cuda._C", sources, extra_compile_args={"cxx": cxx + ["-DFOCAL_CUDA_WITH_CUDA"],
-                                                                        "nvcc": nvcc}, extra_link_args=link)]
+                                                                        "nvcc": nvcc}, extra_link_args=link)] + extra
 
 
 write_build_info()

@@ -120,16 +120,39 @@ LossGradScale finish_forward(const at::Tensor& input, const at::Tensor& loss_non
   return {loss, grad_out, grad_prescaled ? at::ones({}, opmath) : inv_denominator};
 }
 
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+                         int64_t reduction, bool class_dim_reduced) {
+  check_reduction(reduction);
+  check_same_device(grad, grad_output, "grad_output");
+  check_same_device(grad, grad_scale, "grad_scale");
+  TORCH_CHECK_VALUE(grad_scale.dim() == 0 && grad_scale.scalar_type() == opmath_dtype(grad),
+                    "grad_scale: expected a 0-dim ", opmath_dtype(grad), " tensor, got shape ", grad_scale.sizes(),
+                    " of dtype ", grad_scale.scalar_type());
+  if (reduction != kNone) {
+    TORCH_CHECK_VALUE(grad_output.dim() == 0, "grad_output: expected a 0-dim tensor for a reduced loss, got shape ",
+                      grad_output.sizes());
+    return;
+  }
+  if (!class_dim_reduced || grad.dim() <= 1) {
+    TORCH_CHECK_VALUE(class_dim_reduced ? grad_output.dim() == 0 : grad_output.sizes() == grad.sizes(),
+                      "grad_output: expected the loss's shape, got ", grad_output.sizes(), " for a gradient of shape ",
+                      grad.sizes());
+    return;
+  }
+  std::vector<int64_t> loss_shape(grad.sizes().begin(), grad.sizes().end());
+  loss_shape.erase(loss_shape.begin() + 1);
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(loss_shape), "grad_output: expected the loss's shape ",
+                    at::IntArrayRef(loss_shape), ", got ", grad_output.sizes());
+}
+
 at::Tensor apply_grad_output(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
                              int64_t reduction, bool class_dim_reduced) {
-  check_reduction(reduction);
+  check_backward_args(grad_output, grad, grad_scale, reduction, class_dim_reduced);
   if (reduction == kNone) {
     // Softmax 'none': grad_output has the target's shape; its class dim (1, if batched) is broadcast.
     const bool batched = grad.dim() >= 2;
     return grad * (class_dim_reduced && batched ? grad_output.unsqueeze(1) : grad_output);
   }
-  TORCH_CHECK_VALUE(grad_output.dim() == 0, "grad_output: expected a 0-dim tensor for a reduced loss, got shape ",
-                    grad_output.sizes());
   return grad * (grad_output.to(grad_scale.scalar_type()) * grad_scale);
 }
 
@@ -148,7 +171,7 @@ at::Tensor softmax_focal_bwd(const at::Tensor& grad_output, const at::Tensor& gr
 // reduction: 0 none, 1 mean, 2 sum. The forward returns (loss, grad, grad_scale): grad is d(sum of the
 // per-element losses)/d(input) from the same pass (empty unless compute_grad), and grad_scale the factor
 // (1/denominator for mean) the backward applies with grad_output.
-TORCH_LIBRARY(focal_cuda, m) {
+FOCAL_TORCH_LIBRARY(FOCAL_OPS_NAMESPACE, m) {
   const std::vector<at::Tag> tags = {at::Tag::pt2_compliant_tag};
   m.def(
       "sigmoid_focal_fwd(Tensor input, Tensor target, float alpha, float gamma, int reduction, int ignore_index, "

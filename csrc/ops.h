@@ -7,6 +7,15 @@
 #include <optional>
 #include <tuple>
 
+// The op library's namespace: focal_cuda, or focal_cuda_emulated for the build that runs the CUDA kernels
+// through the SIMT emulator (design.md §6). The wrappers expand it before torch's macros paste it.
+#ifndef FOCAL_OPS_NAMESPACE
+#define FOCAL_OPS_NAMESPACE focal_cuda
+#endif
+#define FOCAL_TORCH_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define FOCAL_TORCH_LIBRARY_FRAGMENT(ns, m) TORCH_LIBRARY_FRAGMENT(ns, m)
+#define FOCAL_TORCH_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
 namespace focal {
 
 // (loss, grad, grad_scale): see the schemas in ops.cpp.
@@ -18,6 +27,10 @@ void check_sigmoid_args(const at::Tensor& input, const at::Tensor& target, int64
 void check_softmax_args(const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& alpha,
                         int64_t reduction, const std::optional<at::Tensor>& normalizer);
 void check_binary_args(const at::Tensor& prob, const at::Tensor& target, int64_t reduction);
+// grad_output of a backward op: a 0-dim tensor for 'mean'/'sum', else the loss's shape (the target's shape
+// for the softmax loss, class_dim_reduced).
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+                         int64_t reduction, bool class_dim_reduced);
 
 // float64 for double inputs, float32 otherwise: the dtype of the math, of alpha and of grad_scale.
 at::ScalarType opmath_dtype(const at::Tensor& input);

@@ -45,29 +45,22 @@ def _fake_outputs(input, loss_shape, reduction, compute_grad):
     return loss, grad, input.new_empty((), dtype=opmath_dtype(input.dtype))
 
 
-@torch.library.register_fake("focal_cuda::sigmoid_focal_fwd")
 def _sigmoid_focal_fwd_fake(input, target, alpha, gamma, reduction, ignore_index, label_smoothing, normalizer,
                             compute_grad):
     return _fake_outputs(input, input.shape, reduction, compute_grad)
 
 
-@torch.library.register_fake("focal_cuda::softmax_focal_fwd")
 def _softmax_focal_fwd_fake(input, target, alpha, gamma, reduction, ignore_index, label_smoothing, normalizer,
                             compute_grad):
     return _fake_outputs(input, target.shape, reduction, compute_grad)
 
 
-@torch.library.register_fake("focal_cuda::binary_focal_fwd")
 def _binary_focal_fwd_fake(prob, target, alpha, gamma, reduction, compute_grad):
     return _fake_outputs(prob, prob.shape, reduction, compute_grad)
 
 
 def _bwd_fake(grad_output, grad, grad_scale, reduction):
     return torch.empty_like(grad)
-
-
-for _name in ("sigmoid_focal_bwd", "softmax_focal_bwd", "binary_focal_bwd"):
-    torch.library.register_fake(f"focal_cuda::{_name}")(_bwd_fake)
 
 
 def _applies_nothing(grad_loss, grad_scale):
@@ -79,7 +72,7 @@ def _applies_nothing(grad_loss, grad_scale):
             and not torch.compiler.is_compiling() and bool(grad_loss == 1) and bool(grad_scale == 1))
 
 
-def _register_autograd(fwd_name, bwd_op, reduction_index, num_inputs):
+def _register_autograd(namespace, fwd_name, bwd_op, reduction_index, num_inputs, cpu_shortcut):
     def setup_context(ctx, inputs, output):
         _, grad, grad_scale = output
         ctx.reduction = inputs[reduction_index]
@@ -90,21 +83,60 @@ def _register_autograd(fwd_name, bwd_op, reduction_index, num_inputs):
 
     def backward(ctx, grad_loss, _grad_of_grad, _grad_of_scale):
         if not ctx.has_grad:
-            raise RuntimeError(f"focal_cuda::{fwd_name} was called with compute_grad=False; "
+            raise RuntimeError(f"{namespace}::{fwd_name} was called with compute_grad=False; "
                                "call it with compute_grad=True to differentiate it")
         grad, grad_scale = ctx.saved_tensors
         if grad_loss is None:
             return (None,) * num_inputs
-        if _applies_nothing(grad_loss, grad_scale):
+        if cpu_shortcut and _applies_nothing(grad_loss, grad_scale):
             return (grad,) + (None,) * (num_inputs - 1)
         return (bwd_op(grad_loss, grad, grad_scale, ctx.reduction),) + (None,) * (num_inputs - 1)
 
-    torch.library.register_autograd(f"focal_cuda::{fwd_name}", backward, setup_context=setup_context)
+    torch.library.register_autograd(f"{namespace}::{fwd_name}", backward, setup_context=setup_context)
 
 
-_register_autograd("sigmoid_focal_fwd", ops.sigmoid_focal_bwd, reduction_index=4, num_inputs=9)
-_register_autograd("softmax_focal_fwd", ops.softmax_focal_bwd, reduction_index=4, num_inputs=9)
-_register_autograd("binary_focal_fwd", ops.binary_focal_bwd, reduction_index=4, num_inputs=6)
+def _register_library(namespace, cpu_shortcut):
+    """Fake kernels and autograd for the ops of `namespace` (focal_cuda, or focal_cuda_emulated)."""
+    library_ops = getattr(torch.ops, namespace)
+    for name, fake in (("sigmoid_focal_fwd", _sigmoid_focal_fwd_fake), ("softmax_focal_fwd", _softmax_focal_fwd_fake),
+                       ("binary_focal_fwd", _binary_focal_fwd_fake), ("sigmoid_focal_bwd", _bwd_fake),
+                       ("softmax_focal_bwd", _bwd_fake), ("binary_focal_bwd", _bwd_fake)):
+        torch.library.register_fake(f"{namespace}::{name}")(fake)
+    for kind, num_inputs in (("sigmoid", 9), ("softmax", 9), ("binary", 6)):
+        _register_autograd(namespace, f"{kind}_focal_fwd", getattr(library_ops, f"{kind}_focal_bwd"),
+                           reduction_index=4, num_inputs=num_inputs, cpu_shortcut=cpu_shortcut)
+    return library_ops
+
+
+# The CPU forward folds the mean into the gradient (grad_scale 1), so its backward may skip the multiply; the
+# CUDA kernels (real or emulated) never do, and always take their backward kernel.
+_register_library("focal_cuda", cpu_shortcut=True)
+
+# focal_cuda.testing.emulated_cuda() sets this to the focal_cuda_emulated ops while active.
+_emulated_ops = None
+_EMULATED_LIBRARY = None
+
+
+def load_emulated():
+    """Loads focal_cuda._emulated (the CUDA kernels on the SIMT emulator) once; returns its ops."""
+    global _EMULATED_LIBRARY
+    if _EMULATED_LIBRARY is None:
+        spec = importlib.util.find_spec("focal_cuda._emulated")
+        if spec is None or spec.origin is None or not os.path.exists(spec.origin):
+            raise RuntimeError("focal_cuda was built without CUDA emulation: rebuild with FOCAL_CUDA_EMULATE=1 "
+                               "(e.g. FOCAL_CUDA_EMULATE=1 python setup.py build_ext --inplace) to run the CUDA "
+                               "kernels on CPU tensors")
+        torch.ops.load_library(spec.origin)
+        _EMULATED_LIBRARY = _register_library("focal_cuda_emulated", cpu_shortcut=False)
+    return _EMULATED_LIBRARY
+
+
+def ops_for(input):
+    """The op library for `input`: the emulated CUDA kernels for CPU tensors inside emulated_cuda(), else
+    focal_cuda's own (dispatching to the CPU or CUDA kernels by device)."""
+    if _emulated_ops is not None and input.device.type == "cpu":
+        return _emulated_ops
+    return ops
 
 
 def has_cuda_kernels():

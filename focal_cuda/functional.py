@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._ops import REDUCTIONS, ops, opmath_dtype
+from ._ops import REDUCTIONS, opmath_dtype, ops_for
 
 Number = Union[int, float]
 
@@ -72,9 +72,11 @@ def _binary_alpha(alpha):
 
 
 def _normalizer(normalizer, input):
-    """None, a number, or a 0-dim tensor kept on the device (never read back to the host)."""
-    if normalizer is None or isinstance(normalizer, torch.Tensor):
-        return normalizer
+    """None, a number, or a 0-dim tensor kept on the device (never read back to the host), in opmath."""
+    if normalizer is None:
+        return None
+    if isinstance(normalizer, torch.Tensor):
+        return normalizer.to(opmath_dtype(input.dtype)) if normalizer.is_floating_point() else normalizer
     value = _real_number(normalizer, "normalizer")
     return torch.full((), value, dtype=opmath_dtype(input.dtype), device=input.device)
 
@@ -137,7 +139,7 @@ def sigmoid_focal_loss(
         raise TypeError(f"target: expected a floating (dense) or integer (class index) tensor, got {target.dtype}")
     # Floating or bool targets are dense; integer targets are class indices.
     target = target.to(input.dtype) if (target.is_floating_point() or target.dtype == torch.bool) else target.long()
-    loss, _, _ = ops.sigmoid_focal_fwd(input, target, _binary_alpha(alpha), _gamma(gamma), code,
+    loss, _, _ = ops_for(input).sigmoid_focal_fwd(input, target, _binary_alpha(alpha), _gamma(gamma), code,
                                        _ignore_index(ignore_index), _label_smoothing(label_smoothing),
                                        _normalizer(normalizer, input), _compute_grad(input))
     return loss
@@ -161,7 +163,7 @@ def softmax_focal_loss(
     code = _reduction_code(reduction)
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"target: expected integer class indices, got {target.dtype}")
-    loss, _, _ = ops.softmax_focal_fwd(input, target.long(), _softmax_alpha(alpha, input), _gamma(gamma), code,
+    loss, _, _ = ops_for(input).softmax_focal_fwd(input, target.long(), _softmax_alpha(alpha, input), _gamma(gamma), code,
                                        _ignore_index(ignore_index), _label_smoothing(label_smoothing),
                                        _normalizer(normalizer, input), _compute_grad(input))
     return loss
@@ -180,6 +182,6 @@ def binary_focal_loss(
     code = _reduction_code(reduction)
     if target.is_complex():
         raise TypeError(f"target: expected a real-valued tensor of the prob's shape, got {target.dtype}")
-    loss, _, _ = ops.binary_focal_fwd(prob, target.to(prob.dtype), _binary_alpha(alpha), _gamma(gamma), code,
+    loss, _, _ = ops_for(prob).binary_focal_fwd(prob, target.to(prob.dtype), _binary_alpha(alpha), _gamma(gamma), code,
                                       _compute_grad(prob))
     return loss

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the CPU extension with AddressSanitizer + UndefinedBehaviorSanitizer (FOCAL_CUDA_SANITIZE=1) in a
+# Builds the CPU extension and the emulated CUDA kernels (focal_cuda._emulated) with AddressSanitizer + UndefinedBehaviorSanitizer (FOCAL_CUDA_SANITIZE=1) in a
 # separate copy of the working tree, so the in-place build of the checkout is never touched, and runs the
-# kernel tests under it. Exits non-zero on a build failure, a test failure or any sanitizer report.
+# kernel tests under it: for the CUDA kernels, ASan/UBSan over the emulator stand in for compute-sanitizer. Exits non-zero on a build failure, a test failure or any sanitizer report.
 #
 #   scripts/sanitize.sh [extra pytest args]
 #
@@ -30,7 +30,7 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     tar --null -T - -cf - | tar -xf - -C "$STAGE"
 else
   tar -cf - setup.py pyproject.toml csrc focal_cuda tests | tar -xf - -C "$STAGE"
-  rm -f "$STAGE"/focal_cuda/_C*.so
+  rm -f "$STAGE"/focal_cuda/_C*.so "$STAGE"/focal_cuda/_emulated*.so
 fi
 (cd "$STAGE" && find . -type f -print0) | while IFS= read -r -d '' path; do
   if ! cmp -s "$STAGE/$path" "$SRC/$path"; then
@@ -39,22 +39,23 @@ fi
   fi
 done
 # files gone from the tree go from the copy too (build outputs and caches stay)
-(cd "$SRC" && find . -type f -not -name '_C*.so' -not -path '*/__pycache__/*' -not -path './build/*' \
+(cd "$SRC" && find . -type f -not -name '_C*.so' -not -name '_emulated*.so' -not -path '*/__pycache__/*' -not -path './build/*' \
   -not -path '*.egg-info/*' -print0) | while IFS= read -r -d '' path; do
   [ -f "$STAGE/$path" ] || rm -f "$SRC/$path"
 done
 
 # ---- the sanitized CPU-only build (object files in $DEST/build_temp are reused by the next run) --------------
 cd "$SRC"
-echo "== building the sanitized CPU extension in $SRC"
-FOCAL_CUDA_SANITIZE=1 FOCAL_CUDA_CPU_ONLY=1 MAX_JOBS=${MAX_JOBS:-2} \
+echo "== building the sanitized CPU extension and emulated CUDA kernels in $SRC"
+FOCAL_CUDA_SANITIZE=1 FOCAL_CUDA_CPU_ONLY=1 FOCAL_CUDA_EMULATE=1 MAX_JOBS=${MAX_JOBS:-2} \
   "$PYTHON" setup.py build_ext --inplace --build-temp "$DEST/build_temp" >"$DEST/build.log" 2>&1 ||
   { tail -n 40 "$DEST/build.log"; echo "sanitize: build failed (log: $DEST/build.log)" >&2; exit 1; }
-SO=$(ls focal_cuda/_C*.so)
-if ! ldd "$SO" | grep -q libasan || ! ldd "$SO" | grep -q libubsan; then
-  echo "sanitize: $SO is not linked against libasan and libubsan: the sanitizer flags did not apply" >&2
-  exit 1
-fi
+for SO in focal_cuda/_C*.so focal_cuda/_emulated*.so; do
+  if ! ldd "$SO" | grep -q libasan || ! ldd "$SO" | grep -q libubsan; then
+    echo "sanitize: $SO is not linked against libasan and libubsan: the sanitizer flags did not apply" >&2
+    exit 1
+  fi
+done
 echo "build: $(($(date +%s) - START))s"
 
 # ---- the kernel tests under the sanitizers ----------------------------------------------------------------
@@ -63,7 +64,7 @@ echo "build: $(($(date +%s) - START))s"
 TESTS=(
   tests/test_sigmoid_focal_loss.py tests/test_softmax_focal_loss.py tests/test_binary_focal_loss.py
   tests/test_numerics.py tests/test_independent_facts.py tests/test_modules.py tests/test_autograd_and_ops.py
-  tests/test_bad_input.py tests/test_bad_input_table.py tests/test_fuzz.py
+  tests/test_bad_input.py tests/test_bad_input_table.py tests/test_fuzz.py tests/test_emulated_cuda.py
 )
 EXISTING=()
 for test in "${TESTS[@]}"; do [ -f "$test" ] && EXISTING+=("$test"); done
@@ -81,6 +82,7 @@ LD_PRELOAD="$LIBASAN $LIBSTDCXX" \
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:print_summary=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   HYPOTHESIS_PROFILE=ci \
+  FOCAL_CUDA_REQUIRE_EMULATION=1 \
   PYTHONPATH="$SRC" \
   "$PYTHON" -m pytest -q -p no:cacheprovider -m "not slow" "${EXISTING[@]}" "$@" 2>&1 | tee "$LOG"
 STATUS=${PIPESTATUS[0]}

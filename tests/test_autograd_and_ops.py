@@ -169,6 +169,10 @@ def test_fwd_without_compute_grad_returns_empty_grad(device, loss):
     assert output.shape == () and grad_scale.shape == () and grad_scale.dtype == torch.float32
 
 
+# Ops without tensors (counters, diagnostics): nothing for opcheck to check; each has its own test.
+DIAGNOSTIC_OPS = {"kernel_launches", "parallel_threads_used"}
+
+
 def test_every_op_is_covered_by_opcheck():
     """A new op registered under focal_cuda must get an opcheck test here."""
     covered = {f"{loss}_focal_{kind}" for loss in ("sigmoid", "softmax", "binary") for kind in ("fwd", "bwd")}
@@ -177,4 +181,4 @@ def test_every_op_is_covered_by_opcheck():
         for name in torch._C._dispatch_get_all_op_names()
         if name.startswith("focal_cuda::")
     }
-    assert registered == covered
+    assert registered - DIAGNOSTIC_OPS == covered

@@ -1,15 +1,25 @@
-// CUDA backend: checks arguments (the shared checks), allocates outputs on the current stream's device,
-// launches the fused forward kernels and registers all six ops. The backward ops are the shared
-// device-agnostic ATen glue (grad * grad_output * grad_scale): one elementwise pass, no host read.
+// CUDA backend: checks arguments (the shared checks), allocates outputs on the input's device, and issues
+// exactly one kernel per pass: the fused forward (which also reduces and writes grad_scale), or the
+// backward that applies grad_output. No other ATen op runs on these paths once the inputs are contiguous.
+// Built twice: for real CUDA, and against the SIMT emulator on CPU tensors (FOCAL_CUDA_EMULATE, as the
+// ops of the focal_cuda_emulated library).
+#ifdef FOCAL_CUDA_EMULATE
+#include "../emulate/simt.h"
+#endif
+
 #include "focal_cuda_kernels.h"
 
 #include "../focal_math.h"
 #include "../ops.h"
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
+
+#ifndef FOCAL_CUDA_EMULATE
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#endif
 
 namespace focal {
 namespace {
@@ -18,79 +28,107 @@ using cuda::ElementwiseParams;
 using cuda::ReductionBuffers;
 using cuda::SoftmaxParams;
 
-// Tensors behind a forward call's reduction: per-block partials and the two opmath scalars.
-struct ReductionTensors {
-  at::Tensor partials;
-  at::Tensor sums;  // [loss_sum, count]
-  ReductionBuffers buffers() const {
-    ReductionBuffers b;
-    if (!partials.defined()) return b;
-    b.partials = partials.data_ptr<double>();
-    b.slots = partials.numel() / 2;
-    b.loss_sum = sums.data_ptr();
-    b.count = static_cast<char*>(sums.data_ptr()) + sums.element_size();
-    return b;
-  }
-  at::Tensor loss_sum() const { return sums.defined() ? sums.select(0, 0) : at::Tensor(); }
-  at::Tensor count() const { return sums.defined() ? sums.select(0, 1) : at::Tensor(); }
+#ifdef FOCAL_CUDA_EMULATE
+struct DeviceGuard {
+  explicit DeviceGuard(const c10::Device&) {}
 };
-
-ReductionTensors make_reduction(const at::Tensor& input, int64_t reduction, bool has_work) {
-  ReductionTensors r;
-  if (reduction == kNone) return r;  // finish_forward needs neither sum nor count
-  const auto opmath = input.options().dtype(opmath_dtype(input));
-  if (!has_work) {
-    r.sums = at::zeros({2}, opmath);  // nothing is launched: sum 0 over 0 counted elements
-    return r;
-  }
-  r.sums = at::empty({2}, opmath);
-  r.partials = at::empty({2 * cuda::max_forward_blocks(input.get_device())}, input.options().dtype(at::kDouble));
-  return r;
+cudaStream_t current_stream(const at::Tensor&) {
+  return nullptr;
 }
-
-at::Tensor empty_if(bool wanted, at::IntArrayRef shape, const at::Tensor& like) {
-  return wanted ? at::empty(shape, like.options()) : at::Tensor();
+int device_index(const at::Tensor&) {
+  return 0;
 }
-
-void* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr() : nullptr;
-}
-
+#else
+using DeviceGuard = c10::cuda::CUDAGuard;
 cudaStream_t current_stream(const at::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.get_device()).stream();
+}
+int device_index(const at::Tensor& t) {
+  return t.get_device();
+}
+#endif
+
+// The outputs of a forward call and the workspace of its in-kernel reduction.
+struct ForwardOutputs {
+  at::Tensor loss;        // per element / per row ('none'), or 0-dim in the input dtype
+  at::Tensor grad;        // the input's shape, or empty (compute_grad false)
+  at::Tensor grad_scale;  // 0-dim opmath
+  at::Tensor workspace;   // [partials (2 * slots doubles) | ticket], reduced losses only
+  at::Tensor normalizer;  // opmath 0-dim, or undefined
+
+  ForwardOutputs(const at::Tensor& x, at::IntArrayRef none_shape, int64_t reduction, bool compute_grad,
+                 const std::optional<at::Tensor>& normalizer_arg) {
+    const auto opmath = x.options().dtype(opmath_dtype(x));
+    loss = reduction == kNone ? at::empty(none_shape, x.options()) : at::empty({}, x.options());
+    grad = at::empty(compute_grad ? x.sizes() : at::IntArrayRef{0}, x.options());
+    grad_scale = at::empty({}, opmath);
+    if (reduction != kNone) {
+      const int64_t slots = cuda::max_forward_blocks(device_index(x));
+      workspace = at::empty({2 * slots + 1}, x.options().dtype(at::kDouble));
+    }
+    if (reduction == kMean && normalizer_arg.has_value()) {
+      normalizer = normalizer_arg->scalar_type() == opmath_dtype(x) ? normalizer_arg->contiguous()
+                                                                    : normalizer_arg->to(opmath_dtype(x));
+    }
+  }
+
+  ReductionBuffers buffers(int64_t reduction, cudaStream_t stream) const {
+    ReductionBuffers r;
+    r.reduction = reduction;
+    r.grad_scale = grad_scale.data_ptr();
+    if (reduction == kNone) return r;
+    r.slots = (workspace.numel() - 1) / 2;
+    r.partials = workspace.data_ptr<double>();
+    r.ticket = reinterpret_cast<unsigned int*>(r.partials + 2 * r.slots);
+    C10_CUDA_CHECK(cudaMemsetAsync(r.ticket, 0, sizeof(unsigned int), stream));
+    r.loss = loss.data_ptr();
+    r.normalizer = normalizer.defined() ? normalizer.data_ptr() : nullptr;
+    return r;
+  }
+
+  // No kernel runs for empty work: a reduced loss is 0 (a mean over nothing too) and grad_scale 0 / 1.
+  LossGradScale empty_work(int64_t reduction) {
+    if (reduction != kNone) loss.zero_();
+    grad_scale.fill_(reduction == kMean && !normalizer.defined() ? 0.0 : 1.0);
+    return {loss, grad, grad_scale};
+  }
+};
+
+void* data_or_null(const at::Tensor& t, bool wanted) {
+  return wanted ? t.data_ptr() : nullptr;
 }
 
 LossGradScale sigmoid_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& target, double alpha, double gamma,
                                      int64_t reduction, int64_t ignore_index, double label_smoothing,
                                      const std::optional<at::Tensor>& normalizer, bool compute_grad) {
   check_sigmoid_args(input, target, reduction, normalizer);
-  const c10::cuda::CUDAGuard device_guard(input.device());
+  const DeviceGuard device_guard(input.device());
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
-  const at::Tensor loss_none = empty_if(reduction == kNone, x.sizes(), x);
-  const at::Tensor grad = empty_if(compute_grad, x.sizes(), x);
+  ForwardOutputs out(x, x.sizes(), reduction, compute_grad, normalizer);
+  if (x.numel() == 0) return out.empty_work(reduction);
   const bool index_target = t.scalar_type() == at::kLong;
-  const ReductionTensors red = make_reduction(x, reduction, x.numel() > 0);
+  const cudaStream_t stream = current_stream(x);
 
   ElementwiseParams p;
   p.dtype = x.scalar_type();
   p.input = x.data_ptr();
   p.target = t.data_ptr();
-  p.loss = data_or_null(loss_none);
-  p.grad = data_or_null(grad);
+  p.loss = data_or_null(out.loss, reduction == kNone);
+  p.grad = data_or_null(out.grad, compute_grad);
   p.numel = x.numel();
   p.classes = index_target ? x.size(-1) : 0;
   p.alpha = alpha;
   p.gamma = gamma;
   p.label_smoothing = label_smoothing;
   p.ignore_index = ignore_index;
-  p.reduce = red.buffers();
+  p.reduce = out.buffers(reduction, stream);
   if (index_target) {
-    cuda::launch_sigmoid_index_forward(p, x.get_device(), current_stream(x));
+    cuda::launch_sigmoid_index_forward(p, device_index(x), stream);
   } else {
-    cuda::launch_sigmoid_dense_forward(p, x.get_device(), current_stream(x));
+    cuda::launch_sigmoid_dense_forward(p, device_index(x), stream);
   }
-  return finish_forward(x, loss_none, red.loss_sum(), red.count(), grad, normalizer, reduction);
+  return {out.loss, out.grad, out.grad_scale};
 }
 
 LossGradScale softmax_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& target,
@@ -98,7 +136,7 @@ LossGradScale softmax_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& 
                                      int64_t ignore_index, double label_smoothing,
                                      const std::optional<at::Tensor>& normalizer, bool compute_grad) {
   check_softmax_args(input, target, alpha, reduction, normalizer);
-  const c10::cuda::CUDAGuard device_guard(input.device());
+  const DeviceGuard device_guard(input.device());
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
   const at::Tensor alpha_c = alpha.has_value() ? alpha->contiguous() : at::Tensor();
@@ -106,60 +144,106 @@ LossGradScale softmax_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& 
   const int64_t N = unbatched ? 1 : x.size(0);
   const int64_t C = unbatched ? x.size(0) : x.size(1);
   const int64_t S = (N == 0 || C == 0) ? 0 : x.numel() / (N * C);
-  const at::Tensor loss_none = empty_if(reduction == kNone, t.sizes(), x);
-  const at::Tensor grad = empty_if(compute_grad, x.sizes(), x);
-  const ReductionTensors red = make_reduction(x, reduction, N * S > 0);
+  ForwardOutputs out(x, t.sizes(), reduction, compute_grad, normalizer);
+  if (N * S == 0) return out.empty_work(reduction);
+  const cudaStream_t stream = current_stream(x);
 
   SoftmaxParams p;
   p.dtype = x.scalar_type();
   p.input = x.data_ptr();
   p.target = t.data_ptr<int64_t>();
-  p.alpha = data_or_null(alpha_c);
-  p.loss = data_or_null(loss_none);
-  p.grad = data_or_null(grad);
+  p.alpha = alpha_c.defined() ? alpha_c.data_ptr() : nullptr;
+  p.loss = data_or_null(out.loss, reduction == kNone);
+  p.grad = data_or_null(out.grad, compute_grad);
   p.batch = N;
   p.classes = C;
   p.spatial = S;
   p.gamma = gamma;
   p.label_smoothing = label_smoothing;
   p.ignore_index = ignore_index;
-  p.reduce = red.buffers();
-  cuda::launch_softmax_forward(p, x.get_device(), current_stream(x));
-  return finish_forward(x, loss_none, red.loss_sum(), red.count(), grad, normalizer, reduction);
+  p.reduce = out.buffers(reduction, stream);
+  cuda::launch_softmax_forward(p, device_index(x), stream);
+  return {out.loss, out.grad, out.grad_scale};
 }
 
 LossGradScale binary_focal_fwd_cuda(const at::Tensor& prob, const at::Tensor& target, double alpha, double gamma,
                                     int64_t reduction, bool compute_grad) {
   check_binary_args(prob, target, reduction);
-  const c10::cuda::CUDAGuard device_guard(prob.device());
+  const DeviceGuard device_guard(prob.device());
   const at::Tensor x = prob.contiguous();
   const at::Tensor t = target.contiguous();
-  const at::Tensor loss_none = empty_if(reduction == kNone, x.sizes(), x);
-  const at::Tensor grad = empty_if(compute_grad, x.sizes(), x);
-  const ReductionTensors red = make_reduction(x, reduction, x.numel() > 0);
+  ForwardOutputs out(x, x.sizes(), reduction, compute_grad, std::nullopt);
+  if (x.numel() == 0) return out.empty_work(reduction);
+  const cudaStream_t stream = current_stream(x);
 
   ElementwiseParams p;
   p.dtype = x.scalar_type();
   p.input = x.data_ptr();
   p.target = t.data_ptr();
-  p.loss = data_or_null(loss_none);
-  p.grad = data_or_null(grad);
+  p.loss = data_or_null(out.loss, reduction == kNone);
+  p.grad = data_or_null(out.grad, compute_grad);
   p.numel = x.numel();
   p.alpha = alpha;
   p.gamma = gamma;
-  p.reduce = red.buffers();
-  cuda::launch_binary_forward(p, x.get_device(), current_stream(x));
-  return finish_forward(x, loss_none, red.loss_sum(), red.count(), grad, std::nullopt, reduction);
+  p.reduce = out.buffers(reduction, stream);
+  cuda::launch_binary_forward(p, device_index(x), stream);
+  return {out.loss, out.grad, out.grad_scale};
+}
+
+// One launch: grad * grad_output (* grad_scale for 'mean'/'sum'), in opmath.
+at::Tensor focal_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+                          int64_t reduction, bool class_dim_reduced) {
+  check_backward_args(grad_output, grad, grad_scale, reduction, class_dim_reduced);
+  const DeviceGuard device_guard(grad.device());
+  const at::Tensor g = grad.contiguous();
+  const at::Tensor go = grad_output.to(g.scalar_type()).contiguous();
+  at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
+  cuda::BackwardParams p;
+  p.dtype = g.scalar_type();
+  p.grad = g.data_ptr();
+  p.grad_output = go.data_ptr();
+  p.grad_scale = grad_scale.data_ptr();
+  p.out = out.data_ptr();
+  p.numel = g.numel();
+  p.reduced = reduction != kNone;
+  if (!p.reduced && class_dim_reduced) {
+    const bool unbatched = g.dim() == 1;
+    p.classes = unbatched ? g.size(0) : g.size(1);
+    p.spatial = unbatched ? 1 : (g.size(0) * p.classes == 0 ? 1 : g.numel() / (g.size(0) * p.classes));
+  }
+  cuda::launch_apply_grad_output(p, device_index(g), current_stream(g));
+  return out;
+}
+
+at::Tensor elementwise_focal_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& grad,
+                                      const at::Tensor& grad_scale, int64_t reduction) {
+  return focal_bwd_cuda(grad_output, grad, grad_scale, reduction, /*class_dim_reduced=*/false);
+}
+
+at::Tensor softmax_focal_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& grad,
+                                  const at::Tensor& grad_scale, int64_t reduction) {
+  return focal_bwd_cuda(grad_output, grad, grad_scale, reduction, /*class_dim_reduced=*/true);
 }
 
 }  // namespace
 }  // namespace focal
 
-TORCH_LIBRARY_IMPL(focal_cuda, CUDA, m) {
+#ifdef FOCAL_CUDA_EMULATE
+#define FOCAL_CUDA_BACKEND_KEY CPU  // the emulated library runs on CPU tensors
+#else
+#define FOCAL_CUDA_BACKEND_KEY CUDA
+#endif
+
+FOCAL_TORCH_LIBRARY_IMPL(FOCAL_OPS_NAMESPACE, FOCAL_CUDA_BACKEND_KEY, m) {
   m.impl("sigmoid_focal_fwd", &focal::sigmoid_focal_fwd_cuda);
   m.impl("softmax_focal_fwd", &focal::softmax_focal_fwd_cuda);
   m.impl("binary_focal_fwd", &focal::binary_focal_fwd_cuda);
-  m.impl("sigmoid_focal_bwd", &focal::elementwise_focal_bwd);
-  m.impl("softmax_focal_bwd", &focal::softmax_focal_bwd);
-  m.impl("binary_focal_bwd", &focal::elementwise_focal_bwd);
+  m.impl("sigmoid_focal_bwd", &focal::elementwise_focal_bwd_cuda);
+  m.impl("softmax_focal_bwd", &focal::softmax_focal_bwd_cuda);
+  m.impl("binary_focal_bwd", &focal::elementwise_focal_bwd_cuda);
+}
+
+FOCAL_TORCH_LIBRARY_FRAGMENT(FOCAL_OPS_NAMESPACE, m) {
+  // Launches issued by this library's CUDA launchers so far (emulated ones in the emulated library).
+  m.def("kernel_launches() -> int", [] { return focal::cuda::kernel_launches(); });
 }

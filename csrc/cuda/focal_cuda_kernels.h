@@ -9,14 +9,18 @@
 
 namespace focal::cuda {
 
-// Where a forward kernel leaves its reduction. Each block writes its loss sum to partials[block] and its
-// counted elements/rows to partials[slots + block] (double); a second one-block kernel adds them in
-// block order and writes loss_sum / count (0-dim, opmath dtype). All null for reduction 'none'.
+// How a forward kernel finishes (design.md §2: one launch per pass). Every block adds its loss sum and
+// counted elements/rows into partials[block] / partials[slots + block]; the last block to take a ticket
+// adds all partials in block order (deterministic) and writes the reduced loss and the gradient scale.
 struct ReductionBuffers {
-  double* partials = nullptr;  // 2 * slots doubles
-  int64_t slots = 0;           // >= max_forward_blocks(device)
-  void* loss_sum = nullptr;    // opmath scalar
-  void* count = nullptr;       // opmath scalar
+  int64_t reduction = 0;           // focal::Reduction
+  double* partials = nullptr;      // 2 * slots doubles ('mean' / 'sum')
+  int64_t slots = 0;               // >= the launch's blocks
+  unsigned int* ticket = nullptr;  // zero at launch ('mean' / 'sum')
+  int64_t fixed_count = -1;        // >= 0: the mean's count is this (dense losses count every element)
+  const void* normalizer = nullptr;  // opmath scalar replacing the mean's count, or null
+  void* loss = nullptr;              // reduced loss: input-dtype scalar ('mean' / 'sum')
+  void* grad_scale = nullptr;        // opmath scalar, always written: 1/denominator for 'mean', else 1
 };
 
 // Elementwise forward: sigmoid (dense or class-index targets) and binary.
@@ -55,11 +59,31 @@ struct SoftmaxParams {
 // Upper bound on the blocks of any forward launch on `device` (the size of ReductionBuffers::slots).
 int64_t max_forward_blocks(int device);
 
-// Each launcher issues the fused forward kernel and, when reduce.partials is set, the combine kernel, on
-// `stream`. Nothing is launched for empty work; the caller fills loss_sum/count then.
+// Counts a kernel launch (focal_cuda::kernel_launches); FOCAL_LAUNCH calls it.
+void count_launch();
+int64_t kernel_launches();
+
+// Each launcher issues exactly one kernel on `stream`, the fused forward. Nothing is launched for empty
+// work; the caller fills the outputs then.
 void launch_sigmoid_dense_forward(const ElementwiseParams& params, int device, cudaStream_t stream);
 void launch_sigmoid_index_forward(const ElementwiseParams& params, int device, cudaStream_t stream);
 void launch_binary_forward(const ElementwiseParams& params, int device, cudaStream_t stream);
 void launch_softmax_forward(const SoftmaxParams& params, int device, cudaStream_t stream);
+
+// Backward: out = grad * grad_output, in float (opmath). grad_output is one scalar times grad_scale for
+// 'mean'/'sum'; for 'none' it has the loss's shape: per element, or per row (classes_per_row > 0: the
+// softmax loss, element i of grad (N, C, S) takes grad_output[(i / (C S)) S + i % S]).
+struct BackwardParams {
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  const void* grad = nullptr;
+  const void* grad_output = nullptr;
+  const void* grad_scale = nullptr;  // opmath scalar; read for 'mean'/'sum'
+  void* out = nullptr;
+  int64_t numel = 0;
+  bool reduced = true;
+  int64_t classes = 0;  // C for the softmax 'none' broadcast, else 0
+  int64_t spatial = 1;  // S
+};
+void launch_apply_grad_output(const BackwardParams& params, int device, cudaStream_t stream);
 
 }  // namespace focal::cuda

@@ -11,7 +11,6 @@ namespace focal::cuda {
 namespace {
 
 constexpr int64_t kWarpRowMaxClasses = 1024;
-constexpr int kWarpSize = 32;
 
 template <typename T>
 struct SoftmaxConsts {
@@ -64,30 +63,14 @@ struct WarpGroup {
   }
 };
 
-struct MaxOp {
-  template <typename T>
-  __device__ __forceinline__ T operator()(const T& a, const T& b) const {
-    return b > a ? b : a;
-  }
-};
-
-// The whole block; results are broadcast to every thread through shared memory.
+// The whole block; results reach every thread (block_all_reduce).
 template <typename T, int BLOCK>
 struct BlockGroup {
-  using BlockReduce = cub::BlockReduce<T, BLOCK>;
-  typename BlockReduce::TempStorage* temp;
-  T* broadcast;
+  T* scratch;  // __shared__, BLOCK / kWarpSize entries
   __device__ __forceinline__ int rank() const { return threadIdx.x; }
   __device__ __forceinline__ int width() const { return BLOCK; }
-  __device__ __forceinline__ T share(T block_result) const {
-    if (threadIdx.x == 0) *broadcast = block_result;
-    __syncthreads();
-    const T result = *broadcast;
-    __syncthreads();  // temp and broadcast are reused by the next reduction
-    return result;
-  }
-  __device__ __forceinline__ T sum(T v) const { return share(BlockReduce(*temp).Sum(v)); }
-  __device__ __forceinline__ T max(T v) const { return share(BlockReduce(*temp).Reduce(v, MaxOp{})); }
+  __device__ __forceinline__ T sum(T v) const { return block_all_reduce<BLOCK>(v, SumOp{}, scratch); }
+  __device__ __forceinline__ T max(T v) const { return block_all_reduce<BLOCK>(v, MaxOp{}, scratch); }
 };
 
 // ---- one row ------------------------------------------------------------------------------------------------
@@ -150,8 +133,9 @@ __device__ __forceinline__ void online_logsumexp_update(T& m, T& s, T v) {
 
 __device__ __forceinline__ bool softmax_row_counted(int64_t tgt, int64_t C, int64_t ignore_index) {
   if (tgt == ignore_index) return false;
+  // Traps and kills the CUDA context, as F.cross_entropy does for a bad class index.
   CUDA_KERNEL_ASSERT(tgt >= 0 && tgt < C && "target: class index out of range [0, C) and not ignore_index");
-  return tgt >= 0 && tgt < C;  // with device asserts compiled out, a bad row is skipped, never read out of bounds
+  return true;
 }
 
 // Loss of one row (valid in every rank of the group; 0 when not counted) and, when grad is set, its
@@ -227,7 +211,7 @@ __global__ void __launch_bounds__(kThreads)
     softmax_rows_warp_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                              scalar_t* __restrict__ loss, scalar_t* __restrict__ grad, int64_t rows, int64_t C,
                              int64_t ignore_index, int lanes_per_row, bool vectorized,
-                             SoftmaxConsts<opmath_t<scalar_t>> k, double* __restrict__ partials, int64_t slots) {
+                             SoftmaxConsts<opmath_t<scalar_t>> k, ReductionBuffers reduce) {
   using op_t = opmath_t<scalar_t>;
   constexpr int kWarpsPerBlock = kThreads / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
@@ -254,7 +238,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  if (partials != nullptr) store_block_partial<kThreads>(acc, count, partials, slots);
+  finish_forward_block<kThreads, scalar_t>(static_cast<double>(acc), static_cast<double>(count), reduce);
 }
 
 // Rows of (rows, C) with large C: one block per row.
@@ -263,12 +247,10 @@ __global__ void __launch_bounds__(kRowBlockThreads)
     softmax_rows_block_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                               scalar_t* __restrict__ loss, scalar_t* __restrict__ grad, int64_t rows, int64_t C,
                               int64_t ignore_index, bool vectorized, SoftmaxConsts<opmath_t<scalar_t>> k,
-                              double* __restrict__ partials, int64_t slots) {
+                              ReductionBuffers reduce) {
   using op_t = opmath_t<scalar_t>;
-  using Group = BlockGroup<op_t, kRowBlockThreads>;
-  __shared__ typename Group::BlockReduce::TempStorage temp;
-  __shared__ op_t broadcast;
-  const Group group{&temp, &broadcast};
+  __shared__ op_t scratch[kRowBlockThreads / kWarpSize];
+  const BlockGroup<op_t, kRowBlockThreads> group{scratch};
   op_t acc(0);
   int64_t count = 0;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -284,7 +266,7 @@ __global__ void __launch_bounds__(kRowBlockThreads)
       }
     }
   }
-  if (partials != nullptr) store_block_partial<kRowBlockThreads>(acc, count, partials, slots);
+  finish_forward_block<kRowBlockThreads, scalar_t>(static_cast<double>(acc), static_cast<double>(count), reduce);
 }
 
 // (N, C, S): thread per position (n, s); class c of it at n*C*S + c*S + s, target and loss at n*S + s.
@@ -292,8 +274,7 @@ template <int G, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     softmax_spatial_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                            scalar_t* __restrict__ loss, scalar_t* __restrict__ grad, int64_t N, int64_t C, int64_t S,
-                           int64_t ignore_index, SoftmaxConsts<opmath_t<scalar_t>> k, double* __restrict__ partials,
-                           int64_t slots) {
+                           int64_t ignore_index, SoftmaxConsts<opmath_t<scalar_t>> k, ReductionBuffers reduce) {
   using op_t = opmath_t<scalar_t>;
   const int64_t positions = N * S;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
@@ -312,14 +293,14 @@ __global__ void __launch_bounds__(kThreads)
       ++count;
     }
   }
-  if (partials != nullptr) store_block_partial<kThreads>(acc, count, partials, slots);
+  finish_forward_block<kThreads, scalar_t>(static_cast<double>(acc), static_cast<double>(count), reduce);
 }
 
 }  // namespace
 
 void launch_softmax_forward(const SoftmaxParams& p, int device, cudaStream_t stream) {
   const int64_t rows = p.batch * p.spatial;
-  if (rows == 0 || p.classes == 0) return;  // the caller fills loss_sum / count with zeros
+  if (rows == 0 || p.classes == 0) return;  // the caller fills the outputs
   dispatch_floating(p.dtype, "softmax_focal_fwd", [&](auto dtype_tag) {
     using scalar_t = decltype(dtype_tag);
     using op_t = opmath_t<scalar_t>;
@@ -333,33 +314,30 @@ void launch_softmax_forward(const SoftmaxParams& p, int device, cudaStream_t str
                                 static_cast<op_t>(s / C), s > 0, static_cast<const op_t*>(p.alpha)};
     // Rows start 16-byte aligned when the base is and a row is a whole number of vectors.
     const bool vectorized = C % V == 0 && is_vector_aligned(x) && is_vector_aligned(grad);
-    int grid = 0;
     dispatch_gamma(p.gamma, [&](auto gamma_tag) {
       constexpr int G = decltype(gamma_tag)::value;
       if (p.spatial > 1) {
-        grid = grid_for(rows, kThreads, device);
-        softmax_spatial_kernel<G><<<grid, kThreads, 0, stream>>>(x, p.target, loss, grad, p.batch, C, p.spatial,
-                                                                 p.ignore_index, k, p.reduce.partials, p.reduce.slots);
+        const int grid = grid_for(rows, kThreads, device, &softmax_spatial_kernel<G, scalar_t>, kThreads);
+        FOCAL_LAUNCH(grid, kThreads, 0, stream, softmax_spatial_kernel<G, scalar_t>)(
+            x, p.target, loss, grad, p.batch, C, p.spatial, p.ignore_index, k, p.reduce);
       } else if (C <= kWarpRowMaxClasses) {
         // Smallest power-of-two lane group that gives each lane at most one access per sweep of the row.
         const int64_t accesses = vectorized ? C / V : C;
         int lanes = 1;
         while (lanes < accesses && lanes < kWarpSize) lanes *= 2;
         const int64_t warps = ceil_div(rows, kWarpSize / lanes);
-        grid = grid_for(warps, kThreads / kWarpSize, device);
-        softmax_rows_warp_kernel<G><<<grid, kThreads, 0, stream>>>(x, p.target, loss, grad, rows, C, p.ignore_index,
-                                                                   lanes, vectorized, k, p.reduce.partials,
-                                                                   p.reduce.slots);
+        const int grid =
+            grid_for(warps, kThreads / kWarpSize, device, &softmax_rows_warp_kernel<G, scalar_t>, kThreads);
+        FOCAL_LAUNCH(grid, kThreads, 0, stream, softmax_rows_warp_kernel<G, scalar_t>)(
+            x, p.target, loss, grad, rows, C, p.ignore_index, lanes, vectorized, k, p.reduce);
       } else {
-        grid = grid_for(rows, 1, device, /*blocks_per_sm=*/2048 / kRowBlockThreads);
-        softmax_rows_block_kernel<G><<<grid, kRowBlockThreads, 0, stream>>>(
-            x, p.target, loss, grad, rows, C, p.ignore_index, vectorized, k, p.reduce.partials, p.reduce.slots);
+        const int grid =
+            grid_for(rows, 1, device, &softmax_rows_block_kernel<G, scalar_t>, kRowBlockThreads);
+        FOCAL_LAUNCH(grid, kRowBlockThreads, 0, stream, softmax_rows_block_kernel<G, scalar_t>)(
+            x, p.target, loss, grad, rows, C, p.ignore_index, vectorized, k, p.reduce);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    if (p.reduce.partials != nullptr) {
-      launch_combine_partials(p.reduce, grid, std::is_same_v<op_t, double>, /*fixed_count=*/-1, stream);
-    }
   });
 }
 

@@ -1,0 +1,2 @@
+// The CUDA source compiled as host C++ against the SIMT emulator (simt.h).
+#include "../cuda/launch.cu"
