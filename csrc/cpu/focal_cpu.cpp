@@ -1,28 +1,56 @@
 // CPU backend: prepares outputs, runs the kernels for the processor's instruction set, registers the ops.
 #include "focal_cpu_kernels.h"
+#include "output_buffers.h"
 
 #include "../focal_math.h"
 #include "../ops.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Version.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 
 namespace focal {
 namespace {
 
-// AVX2+FMA kernels where the processor has them; FOCAL_CUDA_CPU_BASE=1 forces the portable ones.
-bool use_avx2_kernels() {
+// The kernels for the widest instruction set torch's own CPU kernels use here (so that they and the roofline
+// torch.exp run the same vector width; ATEN_CPU_CAPABILITY lowers both), if the processor has it.
+// FOCAL_CUDA_CPU_BASE=1 forces the portable kernels.
+enum class KernelIsa { kBase, kAvx2, kAvx512 };
+
+KernelIsa kernel_isa() {
 #if defined(__x86_64__) || defined(_M_X64)
-  static const bool use = std::getenv("FOCAL_CUDA_CPU_BASE") == nullptr && __builtin_cpu_supports("avx2") &&
-                          __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  return use;
+  static const KernelIsa isa = [] {
+    if (std::getenv("FOCAL_CUDA_CPU_BASE") != nullptr) return KernelIsa::kBase;
+    const std::string torch_isa = at::get_cpu_capability();
+    if (torch_isa == "AVX512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+      return KernelIsa::kAvx512;
+    }
+    if ((torch_isa == "AVX512" || torch_isa == "AVX2") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+      return KernelIsa::kAvx2;
+    }
+    return KernelIsa::kBase;
+  }();
+  return isa;
 #else
-  return false;
+  return KernelIsa::kBase;
 #endif
 }
+
+// Calls cpu::<isa>::name(args...) for kernel_isa().
+#if defined(__x86_64__) || defined(_M_X64)
+#define FOCAL_CPU_KERNEL(name, ...)                                                           \
+  (kernel_isa() == KernelIsa::kAvx512 ? cpu::avx512::name(__VA_ARGS__)                        \
+   : kernel_isa() == KernelIsa::kAvx2 ? cpu::avx2::name(__VA_ARGS__)                          \
+                                      : cpu::base::name(__VA_ARGS__))
+#else
+#define FOCAL_CPU_KERNEL(name, ...) cpu::base::name(__VA_ARGS__)
+#endif
 
 // Output buffers of a forward call: per-element (or per-row) loss for 'none', gradient when asked.
 cpu::ForwardArgs make_args(const at::Tensor& input, const at::Tensor& target, at::IntArrayRef loss_shape,
@@ -30,8 +58,8 @@ cpu::ForwardArgs make_args(const at::Tensor& input, const at::Tensor& target, at
   cpu::ForwardArgs args;
   args.input = input.contiguous();
   args.target = target.contiguous();
-  if (reduction == kNone) args.loss_none = at::empty(loss_shape, input.options());
-  if (compute_grad) args.grad = at::empty(input.sizes(), input.options());
+  if (reduction == kNone) args.loss_none = cpu::empty_output(loss_shape, input.options());
+  if (compute_grad) args.grad = cpu::empty_output(input.sizes(), input.options());
   return args;
 }
 
@@ -72,8 +100,7 @@ LossGradScale sigmoid_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& t
     const int64_t C = input.dim() == 0 ? 1 : input.size(-1);
     return target.scalar_type() == at::kLong ? counted_targets(target, ignore_index) * C : input.numel();
   });
-  const auto sums = use_avx2_kernels() ? cpu::avx2::sigmoid_focal_forward(args, alpha)
-                                       : cpu::base::sigmoid_focal_forward(args, alpha);
+  const auto sums = FOCAL_CPU_KERNEL(sigmoid_focal_forward, args, alpha);
   return finish(args, sums, normalizer, reduction);
 }
 
@@ -88,8 +115,7 @@ LossGradScale softmax_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& t
   args.ignore_index = ignore_index;
   args.grad_scale = mean_grad_scale(reduction, normalizer, [&] { return counted_targets(target, ignore_index); });
   const at::Tensor alpha_c = alpha.has_value() ? alpha->contiguous() : at::Tensor();
-  const auto sums = use_avx2_kernels() ? cpu::avx2::softmax_focal_forward(args, alpha_c)
-                                       : cpu::base::softmax_focal_forward(args, alpha_c);
+  const auto sums = FOCAL_CPU_KERNEL(softmax_focal_forward, args, alpha_c);
   return finish(args, sums, normalizer, reduction);
 }
 
@@ -99,8 +125,7 @@ LossGradScale binary_focal_fwd_cpu(const at::Tensor& prob, const at::Tensor& tar
   cpu::ForwardArgs args = make_args(prob, target, prob.sizes(), reduction, compute_grad);
   args.gamma = gamma;
   args.grad_scale = mean_grad_scale(reduction, std::nullopt, [&] { return prob.numel(); });
-  const auto sums = use_avx2_kernels() ? cpu::avx2::binary_focal_forward(args, alpha)
-                                       : cpu::base::binary_focal_forward(args, alpha);
+  const auto sums = FOCAL_CPU_KERNEL(binary_focal_forward, args, alpha);
   return finish(args, sums, std::nullopt, reduction);
 }
 

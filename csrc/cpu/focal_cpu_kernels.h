@@ -1,5 +1,5 @@
-// CPU forward kernels, declared once and compiled twice (kernels_base.cpp, kernels_avx2.cpp); the CPU
-// backend picks one at run time from the processor's features.
+// CPU forward kernels, declared once and compiled per instruction set (kernels_base.cpp everywhere;
+// kernels_avx2.cpp and kernels_avx512.cpp on x86-64); the CPU backend picks one at run time.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -38,6 +38,7 @@ struct ForwardArgs {
   }
 FOCAL_DECLARE_CPU_KERNELS(base)
 FOCAL_DECLARE_CPU_KERNELS(avx2)
+FOCAL_DECLARE_CPU_KERNELS(avx512)
 #undef FOCAL_DECLARE_CPU_KERNELS
 
 }  // namespace focal::cpu

@@ -33,8 +33,11 @@ using at::vec::Vectorized;
 
 // Elements per reduction block: fixed, so partial sums (and the result) do not depend on thread count.
 constexpr int64_t kBlock = 8192;
-// Spatial positions per work unit of the spatial softmax.
-constexpr int64_t kSpatialChunk = 256;
+// Elements of one softmax row group or spatial chunk: its exp(x - max), kept for the gradient pass, stays in
+// L1/L2 (one exp per element, not two).
+constexpr int64_t kGroupElements = 8192;
+// Most spatial positions in one work unit of the spatial softmax.
+constexpr int64_t kSpatialChunkMax = 256;
 
 template <typename scalar_t>
 using opmath_t = at::opmath_type<scalar_t>;
@@ -43,8 +46,9 @@ using opmath_t = at::opmath_type<scalar_t>;
 template <typename scalar_t>
 inline Vectorized<opmath_t<scalar_t>> load_opmath(const scalar_t* p, int64_t count) {
   using Vec = Vectorized<opmath_t<scalar_t>>;
+  if (count == Vec::size()) return load_full(p);
   if constexpr (std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
-    return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
+    return Vec::loadu(p, count);
   } else {
     opmath_t<scalar_t> buf[Vec::size()] = {};
     for (int64_t k = 0; k < count; ++k) buf[k] = static_cast<opmath_t<scalar_t>>(p[k]);
@@ -55,12 +59,9 @@ inline Vectorized<opmath_t<scalar_t>> load_opmath(const scalar_t* p, int64_t cou
 template <typename scalar_t>
 inline void store_opmath(const Vectorized<opmath_t<scalar_t>>& v, scalar_t* p, int64_t count) {
   using Vec = Vectorized<opmath_t<scalar_t>>;
+  if (count == Vec::size()) return store_full(v, p);
   if constexpr (std::is_same_v<scalar_t, opmath_t<scalar_t>>) {
-    if (count == Vec::size()) {
-      v.store(p);
-    } else {
-      v.store(p, count);
-    }
+    v.store(p, count);
   } else {
     opmath_t<scalar_t> buf[Vec::size()];
     v.store(buf);
@@ -80,6 +81,19 @@ inline Vec lane_ids(int64_t base) {
   return Vec::arange(static_cast<T>(base), static_cast<T>(1));
 }
 
+template <typename Vec>
+inline Vec onehot(const Vec& class_ids, const Vec& target_id) {
+  return Vec::blendv(Vec(0), Vec(1), class_ids == target_id);
+}
+
+// A per-thread scratch array of at least n elements (slot: several may be live at once), reused across calls.
+template <typename T, int slot>
+inline T* scratch(int64_t n) {
+  thread_local std::vector<T> buffer;
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  return buffer.data();
+}
+
 // Runs fn over `num_blocks` blocks in parallel, each returning ForwardSums, and adds them in block order.
 template <typename BlockFn>
 ForwardSums reduce_blocks(int64_t num_blocks, const BlockFn& fn) {
@@ -96,22 +110,29 @@ ForwardSums reduce_blocks(int64_t num_blocks, const BlockFn& fn) {
 }
 
 // Applies point(x, t, loss, grad) to a contiguous segment, t given by target_at(offset, count).
-// Writes per-element loss and grad * grad_scale when the pointers are set; returns the segment's loss sum.
+// Writes per-element loss and grad * grad_scale when the pointers are set; adds the losses to loss_acc
+// (one horizontal sum per block, not per segment).
 template <typename scalar_t, typename TargetAt, typename Point>
-inline opmath_t<scalar_t> pointwise_segment(const scalar_t* x, int64_t len, const TargetAt& target_at,
-                                            const Point& point, scalar_t* loss, scalar_t* grad, double grad_scale) {
+inline void pointwise_segment(const scalar_t* x, int64_t len, const TargetAt& target_at, const Point& point,
+                              scalar_t* loss, scalar_t* grad, const Vectorized<opmath_t<scalar_t>>& grad_scale,
+                              Vectorized<opmath_t<scalar_t>>& loss_acc) {
   using Vec = Vectorized<opmath_t<scalar_t>>;
-  const Vec scale(static_cast<opmath_t<scalar_t>>(grad_scale));
-  Vec acc(0);
-  for (int64_t j = 0; j < len; j += Vec::size()) {
-    const int64_t cnt = std::min<int64_t>(Vec::size(), len - j);
+  int64_t j = 0;
+  for (; j + Vec::size() <= len; j += Vec::size()) {
+    Vec l, g;
+    point(load_full(x + j), target_at(j, Vec::size()), l, g);
+    if (loss != nullptr) store_full(l, loss + j);
+    if (grad != nullptr) store_full(g * grad_scale, grad + j);
+    loss_acc += l;
+  }
+  if (j < len) {
+    const int64_t cnt = len - j;
     Vec l, g;
     point(load_opmath(x + j, cnt), target_at(j, cnt), l, g);
     if (loss != nullptr) store_opmath(l, loss + j, cnt);
-    if (grad != nullptr) store_opmath(g * scale, grad + j, cnt);
-    acc += cnt == Vec::size() ? l : Vec::set(Vec(0), l, cnt);  // padded lanes are not data
+    if (grad != nullptr) store_opmath(g * grad_scale, grad + j, cnt);
+    loss_acc += Vec::set(Vec(0), l, cnt);  // padded lanes are not data
   }
-  return sum_lanes(acc);
 }
 
 template <typename scalar_t>
@@ -122,46 +143,50 @@ inline scalar_t* data_or_null(const at::Tensor& t) {
 // Elementwise losses with a dense target of the input's shape (sigmoid dense, binary).
 template <typename scalar_t, typename Point>
 ForwardSums dense_pointwise_forward(const ForwardArgs& args, const Point& point) {
+  using Vec = Vectorized<opmath_t<scalar_t>>;
   const int64_t n = args.input.numel();
   const scalar_t* x = args.input.data_ptr<scalar_t>();
   const scalar_t* t = args.target.data_ptr<scalar_t>();
   scalar_t* loss = data_or_null<scalar_t>(args.loss_none);
   scalar_t* grad = data_or_null<scalar_t>(args.grad);
+  const Vec grad_scale(static_cast<opmath_t<scalar_t>>(args.grad_scale));
   ForwardSums sums = reduce_blocks(at::divup(n, kBlock), [&](int64_t b) {
     const int64_t begin = b * kBlock;
     const int64_t len = std::min(kBlock, n - begin);
     const auto target_at = [&](int64_t j, int64_t cnt) { return load_opmath(t + begin + j, cnt); };
-    const double s = pointwise_segment(x + begin, len, target_at, point, loss ? loss + begin : nullptr,
-                                       grad ? grad + begin : nullptr, args.grad_scale);
-    return ForwardSums{s, 0};
+    Vec acc(0);
+    pointwise_segment(x + begin, len, target_at, point, loss ? loss + begin : nullptr, grad ? grad + begin : nullptr,
+                      grad_scale, acc);
+    return ForwardSums{static_cast<double>(sum_lanes(acc)), 0};
   });
   sums.count = n;
   return sums;
 }
 
-// Rows of C contiguous classes, one integer target per row. row_fn(row, target, x_row, loss_row_sum_out)
-// handles a counted row; ignored rows get zero loss and gradient. Returns the sum and the counted rows.
-template <typename scalar_t, typename RowFn>
+// Rows of C contiguous classes, one integer target per row, in blocks of whole row groups. Targets are
+// checked first; then group_fn(first_row, rows, targets) handles each group of up to group_rows rows and
+// returns its loss sum, giving ignored rows (target == ignore_index) zero loss and gradient.
+// Returns the sum and the number of counted rows.
+template <typename GroupFn>
 ForwardSums class_rows_forward(const ForwardArgs& args, int64_t rows, int64_t C, int64_t max_target,
-                               const RowFn& row_fn) {
+                               int64_t group_rows, const GroupFn& group_fn) {
   const int64_t* target = args.target.data_ptr<int64_t>();
-  scalar_t* grad = data_or_null<scalar_t>(args.grad);
-  const int64_t rows_per_block = std::max<int64_t>(1, kBlock / std::max<int64_t>(C, 1));
+  const int64_t groups_per_block = std::max<int64_t>(1, kBlock / std::max<int64_t>(C * group_rows, 1));
+  const int64_t rows_per_block = groups_per_block * group_rows;
   return reduce_blocks(at::divup(rows, rows_per_block), [&](int64_t b) {
     ForwardSums s;
-    const int64_t r_end = std::min(rows, (b + 1) * rows_per_block);
-    for (int64_t r = b * rows_per_block; r < r_end; ++r) {
+    const int64_t r_begin = b * rows_per_block;
+    const int64_t r_end = std::min(rows, r_begin + rows_per_block);
+    for (int64_t r = r_begin; r < r_end; ++r) {
       const int64_t tgt = target[r];
-      if (tgt == args.ignore_index) {
-        if (grad != nullptr) std::fill_n(grad + r * C, C, scalar_t(0));
-        row_fn(r, tgt, /*ignored=*/true);
-        continue;
-      }
+      if (tgt == args.ignore_index) continue;
       TORCH_CHECK(tgt >= 0 && tgt <= max_target, "target: class index ", tgt, " at position ", r,
-                        " is out of range; expected 0 <= target <= ", max_target, " or ignore_index (",
-                        args.ignore_index, ")");
-      s.loss_sum += row_fn(r, tgt, /*ignored=*/false);
+                  " is out of range; expected 0 <= target <= ", max_target, " or ignore_index (", args.ignore_index,
+                  ")");
       s.count += 1;
+    }
+    for (int64_t r0 = r_begin; r0 < r_end; r0 += group_rows) {
+      s.loss_sum += group_fn(r0, std::min(group_rows, r_end - r0), target + r0);
     }
     return s;
   });
@@ -184,24 +209,30 @@ ForwardSums sigmoid_focal_forward_typed(const ForwardArgs& args, double alpha_va
     if (args.target.scalar_type() != at::kLong) return dense_pointwise_forward<scalar_t>(args, point);
 
     // Class-index targets: row r is one-hot at target[r]; target == C is background (all negative).
+    // A whole block is one group: one loss accumulator and one horizontal sum per block.
     const int64_t C = args.input.size(-1);
     const int64_t rows = C == 0 ? 0 : args.input.numel() / C;
     const scalar_t* x = args.input.data_ptr<scalar_t>();
     scalar_t* loss = data_or_null<scalar_t>(args.loss_none);
     scalar_t* grad = data_or_null<scalar_t>(args.grad);
-    ForwardSums sums = class_rows_forward<scalar_t>(args, rows, C, /*max_target=*/C, [&](int64_t r, int64_t tgt,
-                                                                                          bool ignored) {
-      scalar_t* loss_row = loss ? loss + r * C : nullptr;
-      if (ignored) {
-        if (loss_row != nullptr) std::fill_n(loss_row, C, scalar_t(0));
-        return 0.0;
+    const Vec grad_scale(static_cast<op_t>(args.grad_scale));
+    const int64_t group_rows = std::max<int64_t>(1, kBlock / std::max<int64_t>(C, 1));
+    ForwardSums sums = class_rows_forward(args, rows, C, /*max_target=*/C, group_rows,
+                                          [&](int64_t r0, int64_t n, const int64_t* tgt) -> double {
+      Vec acc(0);
+      for (int64_t i = 0; i < n; ++i) {
+        scalar_t* loss_row = loss ? loss + (r0 + i) * C : nullptr;
+        scalar_t* grad_row = grad ? grad + (r0 + i) * C : nullptr;
+        if (tgt[i] == args.ignore_index) {
+          if (loss_row != nullptr) std::fill_n(loss_row, C, scalar_t(0));
+          if (grad_row != nullptr) std::fill_n(grad_row, C, scalar_t(0));
+          continue;
+        }
+        const Vec target_id(static_cast<op_t>(tgt[i]));
+        const auto target_at = [&](int64_t j, int64_t) { return onehot(lane_ids<Vec>(j), target_id); };
+        pointwise_segment(x + (r0 + i) * C, C, target_at, point, loss_row, grad_row, grad_scale, acc);
       }
-      const Vec target_id(static_cast<op_t>(tgt));
-      const auto target_at = [&](int64_t j, int64_t) {
-        return Vec::blendv(Vec(0), Vec(1), lane_ids<Vec>(j) == target_id);
-      };
-      return static_cast<double>(
-          pointwise_segment(x + r * C, C, target_at, point, loss_row, grad ? grad + r * C : nullptr, args.grad_scale));
+      return static_cast<double>(sum_lanes(acc));
     });
     sums.count *= C;  // every element of a counted row counts
     return sums;
@@ -238,113 +269,185 @@ inline SmoothedTarget<T> smoothed_target(double s, int64_t C) {
   return {static_cast<T>(1.0 - s + s / C), static_cast<T>(s / C)};
 }
 
-// Softmax over rows of C contiguous classes (input (N, C) or unbatched (C,)).
+// Per-lane target data of up to Vec::size() rows or positions: lane k holds the target class, whether it
+// counts (not ignored, not padding), alpha of the target class and the logit at the target class.
+template <typename Vec>
+struct LaneTargets {
+  using T = typename Vec::value_type;
+  __at_align__ T id[Vec::size()] = {};
+  __at_align__ T valid[Vec::size()] = {};
+  __at_align__ T alpha[Vec::size()] = {};
+  __at_align__ T x_t[Vec::size()] = {};
+
+  // target_of(k) gives lane k's class index, x_of(k, c) its logit at class c.
+  template <typename TargetOf, typename XOf>
+  LaneTargets(int64_t lanes, int64_t ignore_index, const T* alpha_c, const TargetOf& target_of, const XOf& x_of) {
+    for (int64_t k = 0; k < Vec::size(); ++k) alpha[k] = T(1);
+    for (int64_t k = 0; k < lanes; ++k) {
+      const int64_t tgt = target_of(k);
+      if (tgt == ignore_index) continue;
+      id[k] = static_cast<T>(tgt);
+      valid[k] = T(1);
+      alpha[k] = alpha_c ? alpha_c[tgt] : T(1);
+      x_t[k] = x_of(k, tgt);
+    }
+  }
+  auto valid_mask() const { return Vec::loadu(valid) != Vec(0); }
+};
+
+// Loss and gradient coefficients of up to Vec::size() softmax rows or positions (lane k = one of them), from
+// their row max, sum of exp(x - max) and targets. Hard targets: grad_c = coeff (p_c - [c == t]); smoothed:
+// loss and coeff come from the per-class terms the caller adds up (see softmax_rows_forward).
+template <int G, typename Vec>
+inline void softmax_hard_target_lanes(const LaneTargets<Vec>& lanes, const Vec& row_max, const Vec& log_sum,
+                                      const Vec& gamma, const Vec& grad_scale, Vec& loss, Vec& coeff) {
+  Vec weighted_logp, h;
+  softmax_focal_class_terms<G>(log_softmax_value(Vec::loadu(lanes.x_t), row_max, log_sum), Vec::loadu(lanes.alpha),
+                               gamma, weighted_logp, h);
+  const auto valid = lanes.valid_mask();
+  loss = fm_select(valid, Vec(0) - weighted_logp, Vec(0));
+  coeff = fm_select(valid, h * grad_scale, Vec(0));  // ignored rows get an all-zero gradient
+}
+
+// Softmax over rows of C contiguous classes (input (N, C) or unbatched (C,)). Up to Vec::size() rows go
+// together: lane r of the row max, sum and loss vectors is row r, reduced across rows with reduce_each, so
+// there is no horizontal reduction, scalar log or scalar exp per row. Rows too long for that go one at a time.
 template <int G, typename scalar_t>
 ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_t>* alpha, int64_t rows,
                                  int64_t C) {
   using op_t = opmath_t<scalar_t>;
   using Vec = Vectorized<op_t>;
+  constexpr int64_t L = Vec::size();
   const scalar_t* x_all = args.input.data_ptr<scalar_t>();
-  scalar_t* loss = data_or_null<scalar_t>(args.loss_none);
+  scalar_t* loss_out = data_or_null<scalar_t>(args.loss_none);
   scalar_t* grad_all = data_or_null<scalar_t>(args.grad);
-  const op_t gamma_s = static_cast<op_t>(args.gamma);
-  const Vec gamma(gamma_s);
-  const op_t grad_scale = static_cast<op_t>(args.grad_scale);
+  const Vec gamma(static_cast<op_t>(args.gamma));
+  const Vec grad_scale(static_cast<op_t>(args.grad_scale));
   const bool smoothing = args.label_smoothing > 0;
   const auto q = smoothed_target<op_t>(args.label_smoothing, C);
-  const auto alpha_at = [&](int64_t j, int64_t cnt) { return alpha ? Vec::loadu(alpha + j, cnt) : Vec(1); };
   const op_t neg_inf = -std::numeric_limits<op_t>::infinity();
-  const auto scratch_row = [](int64_t n) {
-    thread_local std::vector<op_t> buffer;
-    if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
-    return buffer.data();
-  };
+  const int64_t group_rows = std::clamp<int64_t>(kGroupElements / std::max<int64_t>(C, 1), 1, L);
+  const auto max_op = [](const Vec& a, const Vec& b) { return at::vec::maximum(a, b); };
+  const auto add_op = [](const Vec& a, const Vec& b) { return a + b; };
+  const int64_t full_end = C - C % L;
 
-  return class_rows_forward<scalar_t>(args, rows, C, /*max_target=*/C - 1, [&](int64_t r, int64_t tgt,
-                                                                                bool ignored) -> double {
-    if (ignored) {
-      if (loss != nullptr) loss[r] = scalar_t(0);
-      return 0.0;
-    }
-    const scalar_t* x = x_all + r * C;
-    scalar_t* grad = grad_all ? grad_all + r * C : nullptr;
-    // log-sum-exp: max pass, then sum of exp(x - max)
-    Vec vmax(neg_inf);
-    for (int64_t j = 0; j < C; j += Vec::size()) {
-      const int64_t cnt = std::min<int64_t>(Vec::size(), C - j);
-      vmax = at::vec::maximum(vmax, Vec::set(Vec(neg_inf), load_opmath(x + j, cnt), cnt));
-    }
-    const op_t row_max_s = at::vec::vec_reduce_all([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
-    const Vec row_max(row_max_s);
-    // exp(x - max) is kept in `shifted_exp` so the gradient pass needs no second exp.
-    op_t* shifted_exp = scratch_row(C);
-    Vec vsum(0);
-    for (int64_t j = 0; j < C; j += Vec::size()) {
-      const int64_t cnt = std::min<int64_t>(Vec::size(), C - j);
-      const Vec e = Vec::set(Vec(0), (load_opmath(x + j, cnt) - row_max).exp(), cnt);
-      e.store(shifted_exp + j, cnt);
-      vsum += e;
-    }
-    const op_t sum_exp = sum_lanes(vsum);
-    const op_t log_sum_s = std::log(sum_exp);
-    const Vec log_sum(log_sum_s);
+  return class_rows_forward(args, rows, C, /*max_target=*/C - 1, group_rows,
+                            [&](int64_t r0, int64_t n, const int64_t* tgt) -> double {
+    const scalar_t* x = x_all + r0 * C;
+    op_t* shifted_exp = scratch<op_t, 0>(n * C);  // exp(x - row max), row after row
+    Vec partial[L];
 
+    // row maxima
+    for (int64_t i = 0; i < L; ++i) partial[i] = Vec(neg_inf);
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t* row = x + i * C;
+      Vec m(neg_inf);
+      for (int64_t j = 0; j < full_end; j += L) m = at::vec::maximum(m, load_full(row + j));
+      if (full_end < C) m = at::vec::maximum(m, Vec::set(Vec(neg_inf), load_opmath(row + full_end, C - full_end), C - full_end));
+      partial[i] = m;
+    }
+    const Vec row_max = reduce_each(partial, max_op);
+    __at_align__ op_t max_of[L];
+    row_max.store(max_of);
+
+    // exp(x - max), kept for the gradient, and the row sums
+    for (int64_t i = 0; i < L; ++i) partial[i] = Vec(0);
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t* row = x + i * C;
+      op_t* e_row = shifted_exp + i * C;
+      const Vec m(max_of[i]);
+      Vec s(0);
+      for (int64_t j = 0; j < full_end; j += L) {
+        const Vec e = (load_full(row + j) - m).exp();
+        e.store(e_row + j);
+        s += e;
+      }
+      if (full_end < C) {
+        const int64_t cnt = C - full_end;
+        const Vec e = Vec::set(Vec(0), (load_opmath(row + full_end, cnt) - m).exp(), cnt);
+        e.store(e_row + full_end, cnt);
+        s += e;
+      }
+      partial[i] = s;
+    }
+    const Vec sum_exp = reduce_each(partial, add_op);
+    const Vec log_sum = sum_exp.log();
+    __at_align__ op_t inv_sum_of[L];
+    (Vec(1) / sum_exp).store(inv_sum_of);
+
+    const LaneTargets<Vec> lanes(n, args.ignore_index, alpha, [&](int64_t i) { return tgt[i]; },
+                                 [&](int64_t i, int64_t c) { return static_cast<op_t>(x[i * C + c]); });
+    Vec row_loss;
+    __at_align__ op_t coeff_of[L];  // hard targets: h_t * grad_scale (0 for ignored rows)
+    op_t* class_qh = nullptr;       // smoothed targets: q_c h_c per class, row after row
     if (!smoothing) {
-      // One-hot target: loss = -alpha_t (1-p_t)^g log p_t, grad_j = h_t (p_j - [j == t]).
-      op_t weighted_logp, h;
-      const op_t logp_t = log_softmax_value(static_cast<op_t>(x[tgt]), row_max_s, log_sum_s);
-      softmax_focal_class_terms<G>(logp_t, alpha ? alpha[tgt] : op_t(1), gamma_s, weighted_logp, h);
-      if (grad != nullptr) {
-        const Vec h_vec(h * grad_scale), target_id(static_cast<op_t>(tgt)), inv_sum_exp(op_t(1) / sum_exp);
-        for (int64_t j = 0; j < C; j += Vec::size()) {
-          const int64_t cnt = std::min<int64_t>(Vec::size(), C - j);
-          const Vec p = Vec::loadu(shifted_exp + j, cnt) * inv_sum_exp;
-          const Vec onehot = Vec::blendv(Vec(0), Vec(1), lane_ids<Vec>(j) == target_id);
-          store_opmath(h_vec * (p - onehot), grad + j, cnt);
+      Vec coeff;
+      softmax_hard_target_lanes<G>(lanes, row_max, log_sum, gamma, grad_scale, row_loss, coeff);
+      coeff.store(coeff_of);
+    } else {
+      // Every class contributes: loss_row = -sum_c q_c w_c, grad_j = (p_j sum_c q_c h_c - q_j h_j) * scale.
+      if (grad_all != nullptr) class_qh = scratch<op_t, 1>(n * C);
+      __at_align__ op_t log_sum_of[L];
+      log_sum.store(log_sum_of);
+      Vec qh_partial[L];
+      for (int64_t i = 0; i < L; ++i) partial[i] = qh_partial[i] = Vec(0);
+      for (int64_t i = 0; i < n; ++i) {
+        const scalar_t* row = x + i * C;
+        const Vec m(max_of[i]), ls(log_sum_of[i]), target_id(lanes.id[i]);
+        for (int64_t j = 0; j < C; j += L) {
+          const int64_t cnt = std::min<int64_t>(L, C - j);
+          Vec weighted_logp, h;
+          softmax_focal_class_terms<G>(log_softmax_value(load_opmath(row + j, cnt), m, ls),
+                                       alpha ? Vec::loadu(alpha + j, cnt) : Vec(1), gamma, weighted_logp, h);
+          const Vec qv = Vec::blendv(Vec(q.off), Vec(q.on), lane_ids<Vec>(j) == target_id);
+          // padded lanes (x = 0 past the row) can give NaN terms: drop them, not multiply by 0
+          partial[i] += Vec::set(Vec(0), qv * weighted_logp, cnt);
+          qh_partial[i] += Vec::set(Vec(0), qv * h, cnt);
+          if (class_qh != nullptr) (qv * h).store(class_qh + i * C + j, cnt);
         }
       }
-      if (loss != nullptr) loss[r] = static_cast<scalar_t>(-weighted_logp);
-      return -static_cast<double>(weighted_logp);
+      const auto valid = lanes.valid_mask();
+      row_loss = fm_select(valid, Vec(0) - reduce_each(partial, add_op), Vec(0));
+      fm_select(valid, reduce_each(qh_partial, add_op), Vec(0)).store(coeff_of);
     }
 
-    // Smoothed target: every class contributes; grad_j = -q_j h_j + p_j sum_c q_c h_c.
-    const Vec target_id(static_cast<op_t>(tgt));
-    Vec loss_acc(0), qh_acc(0);
-    for (int64_t j = 0; j < C; j += Vec::size()) {
-      const int64_t cnt = std::min<int64_t>(Vec::size(), C - j);
-      Vec weighted_logp, h;
-      softmax_focal_class_terms<G>(log_softmax_value(load_opmath(x + j, cnt), row_max, log_sum), alpha_at(j, cnt), gamma,
-                                   weighted_logp, h);
-      // Padded lanes (x = 0 past the row) can give log p > 0 and NaN terms: drop them, not multiply by 0.
-      const Vec qv = Vec::blendv(Vec(q.off), Vec(q.on), lane_ids<Vec>(j) == target_id);
-      loss_acc += Vec::set(Vec(0), qv * weighted_logp, cnt);
-      qh_acc += Vec::set(Vec(0), qv * h, cnt);
-    }
-    if (grad != nullptr) {
-      const Vec qh_sum(sum_lanes(qh_acc));
-      for (int64_t j = 0; j < C; j += Vec::size()) {
-        const int64_t cnt = std::min<int64_t>(Vec::size(), C - j);
-        Vec weighted_logp, h;
-        const Vec logp = log_softmax_value(load_opmath(x + j, cnt), row_max, log_sum);
-        softmax_focal_class_terms<G>(logp, alpha_at(j, cnt), gamma, weighted_logp, h);
-        const Vec qv = Vec::blendv(Vec(q.off), Vec(q.on), lane_ids<Vec>(j) == target_id);
-        store_opmath((logp.exp() * qh_sum - qv * h) * Vec(grad_scale), grad + j, cnt);
+    if (grad_all != nullptr) {
+      for (int64_t i = 0; i < n; ++i) {
+        scalar_t* grad = grad_all + (r0 + i) * C;
+        const op_t* e_row = shifted_exp + i * C;
+        const Vec coeff(coeff_of[i]), inv_sum(inv_sum_of[i]), target_id(lanes.id[i]);
+        // ignored rows: coeff = 0 and scale 0 below, so their gradient is 0 (p and q h are finite)
+        const Vec scale = lanes.valid[i] != op_t(0) ? grad_scale : Vec(0);
+        for (int64_t j = 0; j < C; j += L) {
+          const int64_t cnt = std::min<int64_t>(L, C - j);
+          const Vec p = Vec::loadu(e_row + j, cnt) * inv_sum;
+          const Vec g = class_qh == nullptr ? coeff * (p - onehot(lane_ids<Vec>(j), target_id))
+                                            : (p * coeff - Vec::loadu(class_qh + i * C + j, cnt)) * scale;
+          store_opmath(g, grad + j, cnt);
+        }
       }
     }
-    const op_t row_loss = -sum_lanes(loss_acc);
-    if (loss != nullptr) loss[r] = static_cast<scalar_t>(row_loss);
-    return static_cast<double>(row_loss);
+    __at_align__ op_t loss_of[L];
+    row_loss.store(loss_of);
+    double group_loss = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (loss_out != nullptr) loss_out[r0 + i] = static_cast<scalar_t>(loss_of[i]);
+      group_loss += static_cast<double>(loss_of[i]);
+    }
+    return group_loss;
   });
 }
 
 // Softmax over (N, C, S) with S > 1 spatial positions: SIMD lanes are S-neighbours, so every load is
-// contiguous and there is no transpose. One work unit is kSpatialChunk positions of one sample.
+// contiguous and there is no transpose. One work unit is a chunk of positions of one sample; each pass runs
+// over the classes with the chunk's positions innermost (contiguous), and exp(x - max) is kept for the gradient.
 template <int G, typename scalar_t>
 ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scalar_t>* alpha, int64_t N,
                                     int64_t C, int64_t S) {
   using op_t = opmath_t<scalar_t>;
   using Vec = Vectorized<op_t>;
-  constexpr int64_t kLanes = Vec::size();
+  constexpr int64_t L = Vec::size();
+  constexpr int64_t kMaxVecs = kSpatialChunkMax / L;
   const scalar_t* x_all = args.input.data_ptr<scalar_t>();
   const int64_t* target_all = args.target.data_ptr<int64_t>();
   scalar_t* loss = data_or_null<scalar_t>(args.loss_none);
@@ -354,79 +457,87 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
   const bool smoothing = args.label_smoothing > 0;
   const auto q = smoothed_target<op_t>(args.label_smoothing, C);
   const op_t neg_inf = -std::numeric_limits<op_t>::infinity();
-  const int64_t chunks_per_sample = at::divup(S, kSpatialChunk);
+  // positions per unit: a multiple of L, at most kSpatialChunkMax, with C x positions of exp values in cache
+  const int64_t chunk = std::clamp<int64_t>(kGroupElements / (C * L), 1, kMaxVecs) * L;
+  const int64_t chunks_per_sample = at::divup(S, chunk);
 
   return reduce_blocks(N * chunks_per_sample, [&](int64_t unit) {
     ForwardSums sums;
     const int64_t n = unit / chunks_per_sample;
-    const int64_t s_end = std::min(S, (unit % chunks_per_sample + 1) * kSpatialChunk);
-    const scalar_t* x_n = x_all + n * C * S;
-    scalar_t* grad_n = grad_all ? grad_all + n * C * S : nullptr;
-    std::vector<op_t> qh_scratch(smoothing && grad_n ? C * kLanes : 0);
-    for (int64_t s0 = (unit % chunks_per_sample) * kSpatialChunk; s0 < s_end; s0 += kLanes) {
-      const int64_t cnt = std::min<int64_t>(kLanes, s_end - s0);
-      // Per-lane target, validity, alpha_t and x at the target class (ignored lanes use class 0).
-      op_t tgt_buf[kLanes] = {}, valid_buf[kLanes] = {}, alpha_t_buf[kLanes], x_t_buf[kLanes] = {};
-      for (int64_t k = 0; k < kLanes; ++k) alpha_t_buf[k] = op_t(1);
-      for (int64_t k = 0; k < cnt; ++k) {
-        const int64_t pos = n * S + s0 + k;
-        const int64_t tgt = target_all[pos];
-        if (tgt == args.ignore_index) continue;
-        TORCH_CHECK(tgt >= 0 && tgt < C, "target: class index ", tgt, " at position ", pos,
-                          " is out of range; expected 0 <= target < ", C, " or ignore_index (", args.ignore_index,
-                          ")");
-        tgt_buf[k] = static_cast<op_t>(tgt);
-        valid_buf[k] = op_t(1);
-        alpha_t_buf[k] = alpha ? alpha[tgt] : op_t(1);
-        x_t_buf[k] = static_cast<op_t>(x_n[tgt * S + s0 + k]);
-        sums.count += 1;
+    const int64_t s_begin = (unit % chunks_per_sample) * chunk;
+    const int64_t len = std::min(chunk, S - s_begin);
+    const int64_t vecs = at::divup(len, L);
+    const scalar_t* x = x_all + n * C * S + s_begin;  // class c of position s_begin + k: x[c * S + k]
+    const auto load_at = [&](int64_t c, int64_t v) { return load_opmath(x + c * S + v * L, std::min(L, len - v * L)); };
+    op_t* shifted_exp = scratch<op_t, 0>(C * chunk);  // [c][position]
+    op_t* class_qh = smoothing && grad_all ? scratch<op_t, 1>(C * chunk) : nullptr;
+
+    Vec vmax[kMaxVecs], vsum[kMaxVecs];
+    for (int64_t v = 0; v < vecs; ++v) vmax[v] = Vec(neg_inf), vsum[v] = Vec(0);
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t v = 0; v < vecs; ++v) vmax[v] = at::vec::maximum(vmax[v], load_at(c, v));
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t v = 0; v < vecs; ++v) {
+        const Vec e = (load_at(c, v) - vmax[v]).exp();
+        e.store(shifted_exp + c * chunk + v * L);
+        vsum[v] += e;
       }
-      const Vec target_id = Vec::loadu(tgt_buf), valid = Vec::loadu(valid_buf);
-      const auto valid_mask = valid != Vec(0);
+    }
 
-      Vec vmax(neg_inf);
-      for (int64_t c = 0; c < C; ++c) vmax = at::vec::maximum(vmax, load_opmath(x_n + c * S + s0, cnt));
-      Vec vsum(0);
-      for (int64_t c = 0; c < C; ++c) vsum += (load_opmath(x_n + c * S + s0, cnt) - vmax).exp();
-      const Vec log_sum = vsum.log();
-
-      Vec lane_loss, qh_sum;
+    // per vector of positions: targets, loss, gradient coefficients
+    Vec coeff[kMaxVecs], scale[kMaxVecs], target_id[kMaxVecs], inv_sum[kMaxVecs];
+    Vec loss_acc(0);
+    for (int64_t v = 0; v < vecs; ++v) {
+      const int64_t cnt = std::min(L, len - v * L);
+      const int64_t pos = n * S + s_begin + v * L;
+      const LaneTargets<Vec> lanes(cnt, args.ignore_index, alpha, [&](int64_t k) {
+        const int64_t tgt = target_all[pos + k];
+        TORCH_CHECK(tgt == args.ignore_index || (tgt >= 0 && tgt < C), "target: class index ", tgt, " at position ",
+                    pos + k, " is out of range; expected 0 <= target < ", C, " or ignore_index (", args.ignore_index,
+                    ")");
+        return tgt;
+      }, [&](int64_t k, int64_t c) { return static_cast<op_t>(x[c * S + v * L + k]); });
+      for (int64_t k = 0; k < cnt; ++k) sums.count += lanes.valid[k] != op_t(0);
+      const Vec log_sum = vsum[v].log();
+      inv_sum[v] = Vec(1) / vsum[v];
+      target_id[v] = Vec::loadu(lanes.id);
+      const auto valid = lanes.valid_mask();
+      Vec lane_loss;
       if (!smoothing) {
-        Vec weighted_logp, h;
-        softmax_focal_class_terms<G>(log_softmax_value(Vec::loadu(x_t_buf), vmax, log_sum), Vec::loadu(alpha_t_buf), gamma,
-                                     weighted_logp, h);
-        lane_loss = Vec(0) - weighted_logp;
-        qh_sum = h;  // grad_c = h_t (p_c - [c == t])
+        softmax_hard_target_lanes<G>(lanes, vmax[v], log_sum, gamma, grad_scale, lane_loss, coeff[v]);
       } else {
-        Vec loss_acc(0), qh_acc(0);
+        Vec loss_sum(0), qh_sum(0);
         for (int64_t c = 0; c < C; ++c) {
           Vec weighted_logp, h;
-          softmax_focal_class_terms<G>(log_softmax_value(load_opmath(x_n + c * S + s0, cnt), vmax, log_sum),
-                                       Vec(alpha ? alpha[c] : op_t(1)),
-                                       gamma, weighted_logp, h);
-          const Vec qv = Vec::blendv(Vec(q.off), Vec(q.on), target_id == Vec(static_cast<op_t>(c)));
-          loss_acc += qv * weighted_logp;
-          qh_acc += qv * h;
-          if (!qh_scratch.empty()) (qv * h).store(qh_scratch.data() + c * kLanes);
+          softmax_focal_class_terms<G>(log_softmax_value(load_at(c, v), vmax[v], log_sum),
+                                       Vec(alpha ? alpha[c] : op_t(1)), gamma, weighted_logp, h);
+          const Vec qv = Vec::blendv(Vec(q.off), Vec(q.on), target_id[v] == Vec(static_cast<op_t>(c)));
+          loss_sum += qv * weighted_logp;
+          qh_sum += qv * h;
+          if (class_qh != nullptr) (qv * h).store(class_qh + c * chunk + v * L);
         }
-        lane_loss = Vec(0) - loss_acc;
-        qh_sum = qh_acc;
+        lane_loss = fm_select(valid, Vec(0) - loss_sum, Vec(0));
+        coeff[v] = qh_sum;
+        scale[v] = fm_select(valid, grad_scale, Vec(0));
       }
-      lane_loss = fm_select(valid_mask, lane_loss, Vec(0));
-      if (loss != nullptr) store_opmath(lane_loss, loss + n * S + s0, cnt);
-      sums.loss_sum += static_cast<double>(sum_lanes(Vec::set(Vec(0), lane_loss, cnt)));
+      if (loss != nullptr) store_opmath(lane_loss, loss + pos, cnt);
+      loss_acc += Vec::set(Vec(0), lane_loss, cnt);
+    }
+    sums.loss_sum = static_cast<double>(sum_lanes(loss_acc));
 
-      if (grad_n != nullptr) {
-        for (int64_t c = 0; c < C; ++c) {
-          const Vec p = log_softmax_value(load_opmath(x_n + c * S + s0, cnt), vmax, log_sum).exp();
-          Vec g;
-          if (!smoothing) {
-            const Vec onehot = Vec::blendv(Vec(0), Vec(1), target_id == Vec(static_cast<op_t>(c)));
-            g = qh_sum * (p - onehot);
-          } else {
-            g = p * qh_sum - Vec::loadu(qh_scratch.data() + c * kLanes);
-          }
-          store_opmath(fm_select(valid_mask, g * grad_scale, Vec(0)), grad_n + c * S + s0, cnt);
+    if (grad_all != nullptr) {
+      scalar_t* grad = grad_all + n * C * S + s_begin;
+      for (int64_t c = 0; c < C; ++c) {
+        const Vec class_id(static_cast<op_t>(c));
+        for (int64_t v = 0; v < vecs; ++v) {
+          const int64_t cnt = std::min(L, len - v * L);
+          const Vec p = Vec::loadu(shifted_exp + c * chunk + v * L) * inv_sum[v];
+          const Vec g = class_qh == nullptr
+                            ? coeff[v] * (p - onehot(class_id, target_id[v]))
+                            : fm_select(scale[v] != Vec(0),
+                                        (p * coeff[v] - Vec::loadu(class_qh + c * chunk + v * L)) * scale[v], Vec(0));
+          store_opmath(g, grad + c * S + v * L, cnt);
         }
       }
     }

@@ -1,4 +1,5 @@
-// CPU kernels for AVX2+FMA processors; used only when the processor reports both (see focal_cpu.cpp).
+// CPU kernels for AVX2+FMA processors; used only when the processor and torch's own kernels use AVX2 (see
+// focal_cpu.cpp). Not built on other architectures.
 #if defined(__x86_64__) || defined(_M_X64)
 // setuptools gives every file the same flags, so this file enables AVX2 itself. g++ does not define the
 // feature macros for a target pragma, and ATen's/Sleef's headers select their AVX2 code by them.
@@ -16,18 +17,4 @@
 #define CPU_CAPABILITY_AVX2
 #define FOCAL_CPU_NS avx2
 #include "focal_cpu_kernels_impl.h"
-#else
-// Not x86: the AVX2 entry points run the portable kernels.
-#include "focal_cpu_kernels.h"
-namespace focal::cpu::avx2 {
-ForwardSums sigmoid_focal_forward(const ForwardArgs& args, double alpha) {
-  return base::sigmoid_focal_forward(args, alpha);
-}
-ForwardSums softmax_focal_forward(const ForwardArgs& args, const at::Tensor& alpha) {
-  return base::softmax_focal_forward(args, alpha);
-}
-ForwardSums binary_focal_forward(const ForwardArgs& args, double alpha) {
-  return base::binary_focal_forward(args, alpha);
-}
-}  // namespace focal::cpu::avx2
 #endif
