@@ -74,8 +74,10 @@ def _binary_alpha(alpha):
 def _normalizer(normalizer, input):
     """None, a number, or a 0-dim tensor kept on the device (never read back to the host)."""
     if normalizer is None or isinstance(normalizer, torch.Tensor):
-        return normalizer
+        return normalizer  # a tensor's value is never read here: that would be a host sync
     value = _real_number(normalizer, "normalizer")
+    if not value > 0:
+        raise ValueError(f"normalizer: expected a number > 0 (the mean's denominator), got {value}")
     return torch.full((), value, dtype=opmath_dtype(input.dtype), device=input.device)
 
 
