@@ -99,7 +99,8 @@ struct AlphaWeight {
 
 // Loss and d(loss)/dx of one logit x with (possibly soft) target t.
 // p = sigmoid(x), q = 1 - p, u = 1 - p_t = t q + (1 - t) p,
-// ce = -(t log p + (1 - t) log q) = max(x, 0) - t x + log1p(exp(-|x|)),
+// ce = -(t log p + (1 - t) log q) = t max(-x, 0) + (1 - t) max(x, 0) + log1p(exp(-|x|)) (no cancellation for
+// soft t near 1 at large |x|, where max(x, 0) - t x loses digits),
 // loss = a_t u**gamma ce, dloss/dx = a_t (u**gamma (p - t) + ce gamma u**(gamma-1) (1 - 2t) p q).
 template <int G, typename T>
 C10_HOST_DEVICE inline void sigmoid_focal_point(T x, T t, AlphaWeight<T> alpha, T gamma, T& loss, T& grad) {
@@ -109,7 +110,7 @@ C10_HOST_DEVICE inline void sigmoid_focal_point(T x, T t, AlphaWeight<T> alpha, 
   const auto x_nonneg = x >= zero;
   const T p = fm_select(x_nonneg, inv, e * inv);
   const T q = fm_select(x_nonneg, e * inv, inv);  // 1 - p without cancellation
-  const T ce = fm_max(x, zero) - t * x + fm_log1p_unit(e);
+  const T ce = t * fm_max(zero - x, zero) + (one - t) * fm_max(x, zero) + fm_log1p_unit(e);
   const T u = t * q + (one - t) * p;
   const T m = modulating_factor<G>(u, gamma);
   const T a = alpha.at(t);
