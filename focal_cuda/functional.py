@@ -75,9 +75,11 @@ def _normalizer(normalizer, input):
     """None, a number, or a 0-dim tensor kept on the device (never read back to the host), in opmath."""
     if normalizer is None:
         return None
-    if isinstance(normalizer, torch.Tensor):
+    if isinstance(normalizer, torch.Tensor):  # its value is never read here: that would be a host sync
         return normalizer.to(opmath_dtype(input.dtype)) if normalizer.is_floating_point() else normalizer
     value = _real_number(normalizer, "normalizer")
+    if not value > 0:
+        raise ValueError(f"normalizer: expected a number > 0 (the mean's denominator), got {value}")
     return torch.full((), value, dtype=opmath_dtype(input.dtype), device=input.device)
 
 

@@ -1,5 +1,6 @@
 """nn.Module wrappers: store the arguments, forward calls focal_cuda.functional."""
 import numbers
+import warnings
 from typing import Optional
 
 import torch
@@ -9,9 +10,12 @@ from . import functional as F
 
 
 def _size_average_reduction(size_average, reduction):
+    if size_average is not None and not isinstance(size_average, bool):
+        raise TypeError(f"size_average: expected a bool (True: mean, False: sum) or None, got "
+                        f"{type(size_average).__name__} {size_average!r}; use reduction= for 'none'/'mean'/'sum'")
     if reduction is not None:
         return reduction  # an explicit reduction wins over the classic flag
-    return "mean" if size_average else "sum"
+    return "sum" if size_average is False else "mean"  # None: the classic default, as in torch.nn losses
 
 
 def _alpha_weights(alpha, class_num):
@@ -99,6 +103,12 @@ class BCEFocalLoss(nn.Module):
 
     def __init__(self, gamma: float = 2, alpha: Optional[float] = 0.25, reduction: str = "mean"):
         super().__init__()
+        if isinstance(reduction, str) and reduction == "elementwise_mean":
+            # The classic class's default, PyTorch's spelling of "mean" before 1.0; warned about as
+            # torch.nn.functional does for it (torch.nn._reduction.get_enum): a UserWarning saying it is deprecated.
+            warnings.warn("reduction='elementwise_mean' is deprecated. Please use reduction='mean' instead.",
+                          stacklevel=2)
+            reduction = "mean"
         self.gamma = gamma
         self.alpha = alpha
         self.reduction = reduction

@@ -26,12 +26,51 @@ tolerances = {
 }
 
 reductions = ["none", "mean", "sum"]
-gammas = [0.0, 0.5, 1.0, 2.0, 2.5, 5.0]
+# Every integer fast path of focal_math.h's dispatch_gamma (0, 1, 2, 3), a fractional gamma below 1 (where
+# (1 - p_t)**(gamma - 1) must never be formed), and the generic pow path above 1.
+gammas = [0.0, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0]
 
 
 @pytest.fixture(params=devices)
 def device(request):
     return request.param
+
+
+# Backends the kernel grids (tests/test_grids.py) run on: the CPU kernels, and the CUDA launchers + kernels
+# executed on the host through design.md section 6's focal_cuda.testing.emulated_cuda() (same tensors, on CPU).
+backends = ["cpu", "emulated_cuda"]
+
+
+def _emulation():
+    """focal_cuda.testing.emulated_cuda, or the reason it cannot run here."""
+    try:
+        from focal_cuda import testing
+    except ImportError as error:
+        return None, f"focal_cuda.testing does not exist yet (design.md section 6): {error}"
+    if not hasattr(testing, "emulated_cuda"):
+        return None, "focal_cuda.testing has no emulated_cuda() yet (design.md section 6)"
+    return testing.emulated_cuda, None
+
+
+@pytest.fixture(params=backends)
+def backend(request):
+    """The device string for the test's tensors ("cpu" for both backends); for "emulated_cuda" the test runs
+    inside focal_cuda.testing.emulated_cuda(), so every focal_cuda call in it executes the CUDA kernels."""
+    if request.param == "cpu":
+        yield "cpu"
+        return
+    emulated_cuda, reason = _emulation()
+    if emulated_cuda is None:
+        pytest.skip(reason)
+    try:
+        context = emulated_cuda()
+        context.__enter__()
+    except RuntimeError as error:  # built without FOCAL_CUDA_EMULATE=1
+        pytest.skip(f"emulated CUDA unavailable in this build: {error}")
+    try:
+        yield "cpu"
+    finally:
+        context.__exit__(None, None, None)
 
 
 @pytest.fixture(autouse=True)

@@ -128,7 +128,23 @@ cases = [
      lambda d: (focal_cuda.binary_focal_loss, (torch.rand(4, 3, device=d), torch.zeros(4, 3, dtype=torch.complex64, device=d)), {}), False),
     ("binary-alpha-infinite", "alpha",
      lambda d: (focal_cuda.binary_focal_loss, (torch.rand(4, 3, device=d), torch.rand(4, 3, device=d)), dict(alpha=float("inf"))), False),
+    ("sigmoid-normalizer-zero", "normalizer",
+     lambda d: (focal_cuda.sigmoid_focal_loss, (randn(4, 3, device=d), torch.rand(4, 3, device=d)),
+                dict(reduction="mean", normalizer=0.0)), False),
+    ("softmax-normalizer-negative-int", "normalizer",
+     lambda d: (focal_cuda.softmax_focal_loss, (randn(4, 3, device=d), index(0, 1, 2, 1, device=d)),
+                dict(normalizer=-4)), False),
+    ("softmax-normalizer-nan", "normalizer",
+     lambda d: (focal_cuda.softmax_focal_loss, (randn(4, 3, device=d), index(0, 1, 2, 1, device=d)),
+                dict(normalizer=float("nan"))), False),
+    ("binary-prob-above-1", "prob",
+     lambda d: (focal_cuda.binary_focal_loss, (torch.tensor([0.5, 1.5], device=d), torch.rand(2, device=d)), {}), True),
+    ("binary-prob-negative-float16", "prob",
+     lambda d: (focal_cuda.binary_focal_loss, (torch.tensor([-0.5, 0.5], dtype=torch.float16, device=d),
+                                               torch.rand(2, device=d).half()), {}), True),
     # modules: the error may come from the constructor or from forward
+    ("FocalLoss-size-average-string", "size_average",
+     lambda d: (lambda x, t: focal_cuda.FocalLoss(3, size_average="sum")(x, t), (randn(4, 3, device=d), index(0, 1, 2, 1, device=d)), {}), False),
     ("FocalLoss-alpha-wrong-length", "alpha",
      lambda d: (lambda x, t: focal_cuda.FocalLoss(3, alpha=[1.0, 2.0]).to(d)(x, t), (randn(4, 3, device=d), index(0, 1, 2, 1, device=d)), {}), False),
     ("FocalLoss-unknown-reduction", "reduction",
@@ -143,7 +159,7 @@ cases = [
 @pytest.mark.parametrize("argument,build,cpu_only", [pytest.param(*c[1:], id=c[0]) for c in cases])
 def test_bad_input_raises_naming_the_argument(device, argument, build, cpu_only):
     if cpu_only and device != "cpu":
-        pytest.skip("an out-of-range class index is a device-side assert on CUDA")
+        pytest.skip("an out-of-range class index or probability is a device-side assert on CUDA")
     function, args, kwargs = build(device)
     tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
     before = [t.clone() for t in tensors]

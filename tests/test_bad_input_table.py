@@ -110,6 +110,12 @@ rows = [
         lambda d, o: call(sigmoid, logits(d), probs(d), reduction="mean", normalizer=nan)),
     Row("sigmoid/reduction-elementwise-mean", ValueError, "reduction",
         lambda d, o: call(sigmoid, logits(d), probs(d), reduction="elementwise_mean")),
+    Row("sigmoid/normalizer-zero", ValueError, "normalizer",
+        lambda d, o: call(sigmoid, logits(d), probs(d), reduction="mean", normalizer=0)),
+    Row("sigmoid/normalizer-negative-float", ValueError, "normalizer",
+        lambda d, o: call(sigmoid, logits(d), probs(d), reduction="mean", normalizer=-2.5)),
+    Row("sigmoid/normalizer-inf", ValueError, "normalizer",
+        lambda d, o: call(sigmoid, logits(d), probs(d), reduction="mean", normalizer=inf)),
     Row("sigmoid/mixed-device-target", RuntimeError, "target",
         lambda d, o: call(sigmoid, logits(d), probs(o)), mixed_device=True),
     Row("sigmoid/mixed-device-class-index-target", RuntimeError, "target",
@@ -165,6 +171,10 @@ rows = [
         lambda d, o: call(softmax, logits(d), indices(d), normalizer=torch.tensor(True, device=d))),
     Row("softmax/normalizer-list", TypeError, "normalizer",
         lambda d, o: call(softmax, logits(d), indices(d), normalizer=[4.0])),
+    Row("softmax/normalizer-zero-float", ValueError, "normalizer",
+        lambda d, o: call(softmax, logits(d), indices(d), normalizer=0.0)),
+    Row("softmax/normalizer-minus-inf", ValueError, "normalizer",
+        lambda d, o: call(softmax, logits(d), indices(d), normalizer=-inf)),
     Row("softmax/reduction-uppercase", ValueError, "reduction",
         lambda d, o: call(softmax, logits(d), indices(d), reduction="MEAN")),
     Row("softmax/reduction-int-code", ValueError, "reduction",
@@ -186,6 +196,18 @@ rows = [
     Row("binary/alpha-list", TypeError, "alpha", lambda d, o: call(binary, probs(d), probs(d), alpha=[0.25])),
     Row("binary/reduction-none-object", ValueError, "reduction",
         lambda d, o: call(binary, probs(d), probs(d), reduction=None)),
+    # like torch.nn.BCELoss on CPU (a device-side assert on CUDA: checking there would be a host sync)
+    Row("binary/prob-above-1", RuntimeError, "prob",
+        lambda d, o: call(binary, torch.tensor([0.2, 1.0 + 1e-6, 0.5], device=d), probs(d, 3)), cpu_only=True),
+    Row("binary/prob-negative", RuntimeError, "prob",
+        lambda d, o: call(binary, torch.tensor([[0.2, 0.3], [-1e-3, 0.5]], device=d), probs(d, 2, 2)),
+        cpu_only=True),
+    Row("binary/prob-logits-passed-by-mistake-bf16", RuntimeError, "prob",
+        lambda d, o: call(binary, torch.randn(64, 5, device=d).to(torch.bfloat16),
+                          probs(d, 64, 5).to(torch.bfloat16)), cpu_only=True),
+    Row("binary/prob-inf-non-contiguous", RuntimeError, "prob",
+        lambda d, o: call(binary, torch.tensor([[0.5, inf], [0.25, 0.75]], device=d).t(), probs(d, 2, 2)),
+        cpu_only=True),
     Row("binary/mixed-device-target", RuntimeError, "target",
         lambda d, o: call(binary, probs(d), probs(o)), mixed_device=True),
     # ---- FocalLoss --------------------------------------------------------------------------------------------
@@ -208,6 +230,14 @@ rows = [
         lambda d, o: module(FocalLoss, dict(class_num=3, reduction="batchmean"), logits(d), indices(d))),
     Row("FocalLoss/float-target", TypeError, "target",
         lambda d, o: module(FocalLoss, dict(class_num=3), logits(d), indices(d).float())),
+    Row("FocalLoss/size-average-string", TypeError, "size_average",
+        lambda d, o: module(FocalLoss, dict(class_num=3, size_average="mean"), logits(d), indices(d))),
+    Row("FocalLoss/size-average-int", TypeError, "size_average",
+        lambda d, o: module(FocalLoss, dict(class_num=3, size_average=0), logits(d), indices(d))),
+    Row("FocalLoss/size-average-tensor", TypeError, "size_average",
+        lambda d, o: module(FocalLoss, dict(class_num=3, size_average=torch.tensor(True)), logits(d), indices(d))),
+    Row("FocalLoss/normalizer-negative", ValueError, "normalizer",
+        lambda d, o: module(FocalLoss, dict(class_num=3), logits(d), indices(d), -1.0)),
     Row("FocalLoss/alpha-buffer-not-moved-to-input-device", RuntimeError, "alpha",
         lambda d, o: module(FocalLoss, dict(class_num=3, alpha=torch.ones(3, device=o)), logits(d), indices(d)),
         mixed_device=True),
@@ -231,8 +261,10 @@ rows = [
         lambda d, o: module(BCEFocalLoss, dict(gamma=nan), probs(d), probs(d))),
     Row("BCEFocalLoss/alpha-inf", ValueError, "alpha",
         lambda d, o: module(BCEFocalLoss, dict(alpha=inf), probs(d), probs(d))),
-    Row("BCEFocalLoss/reduction-elementwise-mean", ValueError, "reduction",
-        lambda d, o: module(BCEFocalLoss, dict(reduction="elementwise_mean"), probs(d), probs(d))),
+    Row("BCEFocalLoss/reduction-elementwise-sum", ValueError, "reduction",
+        lambda d, o: module(BCEFocalLoss, dict(reduction="elementwise_sum"), probs(d), probs(d))),
+    Row("BCEFocalLoss/prob-above-1", RuntimeError, "prob",
+        lambda d, o: module(BCEFocalLoss, {}, probs(d) + 1.0, probs(d)), cpu_only=True),
     Row("BCEFocalLoss/integer-prob", TypeError, "prob",
         lambda d, o: module(BCEFocalLoss, {}, indices(d), indices(d))),
     Row("BCEFocalLoss/target-shape", ValueError, "target",
@@ -258,7 +290,8 @@ def snapshot(value):
 @pytest.mark.parametrize("row", row_params())
 def test_bad_input_raises_a_clear_error_and_changes_nothing(row, device):
     if row.cpu_only and device != "cpu":
-        pytest.skip("an out-of-range class index is a device-side assert on CUDA (as in F.cross_entropy)")
+        pytest.skip("an out-of-range class index or probability is a device-side assert on CUDA (as in "
+                    "F.cross_entropy and nn.BCELoss)")
     other_device = "cuda" if device == "cpu" else "cpu"
     function, args, kwargs, constructor_tensors = row.build(device, other_device)
     tensors = [t for t in [*args, *kwargs.values(), *constructor_tensors] if isinstance(t, torch.Tensor)]

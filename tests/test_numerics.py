@@ -130,3 +130,72 @@ def test_forward_without_grad_equals_forward_with_grad(device, function, reducti
     with_grad = call(input.clone().requires_grad_(True))
     assert with_grad.requires_grad and not without_grad.requires_grad
     torch.testing.assert_close(without_grad, with_grad.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_numerics_table_claims():
+    """The statements under the README's numerics table, on a smaller run of benchmarks/numerics.py (the table and
+    docs/numerics_cpu.csv come from the full run)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "numerics.py")
+    spec = importlib.util.spec_from_file_location("focal_numerics", path)
+    numerics = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(numerics)
+    numerics.ROWS = 128
+    rows = numerics.measure("cpu", seed=0)
+    by_key = {(r["loss"], r["implementation"], r["logits"], r["setting"]): r for r in rows}
+    assert len(by_key) == 3 * 2 * 2 * len(numerics.SETTINGS) and not any("error" in r for r in rows)
+    one_rounding = {"fp32": 1e-6, "bf16": 2.0**-8, "fp16": 2.0**-10, "autocast bf16": 2.0**-8,
+                    "autocast fp16": 2.0**-10}
+
+    for (loss, implementation, logits, setting), row in by_key.items():
+        if implementation != "focal_cuda":
+            continue
+        assert row["non_finite_loss"] == 0 and row["non_finite_grad"] == 0, (loss, logits, setting)
+        assert row["loss_of_max"] <= one_rounding[setting], (loss, logits, setting, row["loss_of_max"])
+        assert row["grad_of_max"] <= one_rounding[setting], (loss, logits, setting, row["grad_of_max"])
+
+    for loss in ["sigmoid", "softmax"]:
+        for logits in ["typical", "saturated"] if loss == "sigmoid" else ["typical"]:
+            ours, naive = by_key[(loss, "focal_cuda", logits, "fp32")], by_key[(loss, "naive", logits, "fp32")]
+            for q in ["loss", "grad"]:
+                assert naive[f"{q}_of_max"] <= 2 * ours[f"{q}_of_max"] + 1e-9, (loss, logits, q)
+    for setting in ["bf16", "autocast bf16"]:
+        for logits in ["typical", "saturated"]:
+            ours, naive = by_key[("sigmoid", "focal_cuda", logits, setting)], by_key[("sigmoid", "naive", logits, setting)]
+            for q in ["loss", "grad"]:
+                assert naive[f"{q}_of_max"] <= 10 * ours[f"{q}_of_max"], (logits, setting, q)
+                assert naive[f"{q}_per_element"] >= 100 * ours[f"{q}_per_element"], (logits, setting, q)
+
+    for setting in numerics.SETTINGS:
+        naive_softmax = by_key[("softmax", "naive", "saturated", setting)]
+        assert naive_softmax["non_finite_loss"] > 0 and naive_softmax["non_finite_grad"] > 0, setting
+        assert by_key[("binary", "naive", "saturated", setting)]["non_finite_loss"] > 0, setting
+    assert by_key[("softmax", "naive", "typical", "fp16")]["non_finite_grad"] > 0
+    saturated_softmax = by_key[("softmax", "focal_cuda", "saturated", "fp32")]
+    assert saturated_softmax["loss_of_max"] < 1e-7
+
+
+@pytest.mark.parametrize("x", [10.0, 100.0, 1e4, -10.0, -1e4])
+@pytest.mark.parametrize("t", [0.999, 1 - 5.3e-4, 1e-3])
+def test_sigmoid_soft_target_near_0_or_1_at_large_logits_has_no_cancellation(device, x, t):
+    """design.md section 2: BCE on logits without cancellation for any t in [0, 1] at any |x|. In float32,
+    max(x, 0) - t x loses the digits of x (1 - t): 3.6e-5 relative at x = 10, t = 0.999, 1e-4 at x = 1e4 (found by
+    the fuzz: class index target with label smoothing 1e-3). Compared relatively, without the absolute floor."""
+    input = torch.full((3,), x, device=device)
+    target = torch.full((3,), t, device=device)
+    for gamma in [0.0, 2.0, 0.5]:
+        loss = focal_cuda.sigmoid_focal_loss(input, target, alpha=None, gamma=gamma, reduction="none")
+        expected = reference.sigmoid_focal_loss(input.double(), target.double(), alpha=None, gamma=gamma,
+                                                reduction="none")
+        torch.testing.assert_close(loss.double(), expected, rtol=4e-6, atol=0)
+    # the same through a class-index target (C = 1) with label smoothing s: positive 1 - s / 2, background s / 2
+    rows = torch.full((3, 1), x, device=device)
+    index = torch.full((3,), 0 if t > 0.5 else 1, dtype=torch.long, device=device)
+    smoothing = 2 * (1 - t) if t > 0.5 else 2 * t
+    loss = focal_cuda.sigmoid_focal_loss(rows, index, alpha=None, gamma=0.0, reduction="none",
+                                         label_smoothing=smoothing)
+    expected = reference.sigmoid_focal_loss(rows.double(), index, alpha=None, gamma=0.0, reduction="none",
+                                            label_smoothing=smoothing)
+    torch.testing.assert_close(loss.double(), expected, rtol=4e-6, atol=0)

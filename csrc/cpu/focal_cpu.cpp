@@ -6,6 +6,8 @@
 #include "../ops.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Version.h>
 #include <torch/library.h>
 
@@ -119,9 +121,28 @@ LossGradScale softmax_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& t
   return finish(args, sums, normalizer, reduction);
 }
 
+// prob must hold probabilities, as torch.nn.BCELoss requires on CPU: one read-only pass before any output is
+// made (so a bad call changes nothing). NaN passes, and propagates to its own entry as a NaN logit does.
+void check_prob_range(const at::Tensor& prob) {
+  const at::Tensor p = prob.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "binary_focal_prob_check", [&] {
+    const scalar_t* data = p.data_ptr<scalar_t>();
+    const int64_t n = p.numel();
+    using op_t = at::opmath_type<scalar_t>;
+    const auto outside = [](scalar_t v) { return static_cast<op_t>(v) < op_t(0) || static_cast<op_t>(v) > op_t(1); };
+    bool bad = false;
+    for (int64_t i = 0; i < n; ++i) bad |= outside(data[i]);  // no early exit: the loop vectorises
+    if (!bad) return;
+    const int64_t i = std::find_if(data, data + n, outside) - data;
+    TORCH_CHECK(false, "prob: expected probabilities in [0, 1] (as torch.nn.BCELoss), got ",
+                static_cast<double>(data[i]), " at position ", i);
+  });
+}
+
 LossGradScale binary_focal_fwd_cpu(const at::Tensor& prob, const at::Tensor& target, double alpha, double gamma,
                                    int64_t reduction, bool compute_grad) {
   check_binary_args(prob, target, reduction);
+  check_prob_range(prob);
   cpu::ForwardArgs args = make_args(prob, target, prob.sizes(), reduction, compute_grad);
   args.gamma = gamma;
   args.grad_scale = mean_grad_scale(reduction, std::nullopt, [&] { return prob.numel(); });

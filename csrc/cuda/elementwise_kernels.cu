@@ -22,7 +22,8 @@ struct BinaryPoint {
   AlphaWeight<T> alpha;
   T gamma;
   __device__ __forceinline__ void operator()(T p, T t, T& loss, T& grad) const {
-    CUDA_KERNEL_ASSERT(p >= T(0) && p <= T(1) && "prob: expected values in [0, 1]");
+    // NaN passes (and propagates), as on CPU.
+    CUDA_KERNEL_ASSERT(!(p < T(0) || p > T(1)) && "prob: expected values in [0, 1]");
     binary_focal_point<G>(p, t, alpha, gamma, loss, grad);
   }
 };
