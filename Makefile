@@ -15,6 +15,8 @@ install: $(STAMP)
 
 $(STAMP): $(SOURCES)
 	$(PYTHON) -m pip install "torch>=2.5" ninja pytest hypothesis
+	# torchvision: its RetinaNet/FCOS losses run with focal_cuda swapped in (tests/test_torchvision_detection.py)
+	$(PYTHON) -m pip install torchvision
 	$(PYTHON) -m pip install matplotlib || echo "matplotlib unavailable: benchmark plots will be skipped"
 	MAX_JOBS=$${MAX_JOBS:-2} $(PYTHON) -m pip install --no-build-isolation --no-deps -v -e .
 	mkdir -p build && touch $(STAMP)

@@ -5,6 +5,8 @@
 // csrc/cpu/vec_math.h adds overloads for Vectorized and must be included before this header there.
 #pragma once
 
+#include "loss_kinds.h"
+
 #include <c10/macros/Macros.h>
 
 #include <cmath>
@@ -15,6 +17,7 @@ namespace focal {
 
 // Same codes as at::Reduction.
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
+
 
 // Integer gammas with an unrolled power; kGammaAny calls pow.
 constexpr int kGammaAny = -1;
@@ -84,6 +87,26 @@ C10_HOST_DEVICE inline T modulating_derivative(T u, T m, T gamma, T numer) {
 
 // ---- sigmoid focal loss on logits ------------------------------------------------------------------------
 
+// p = sigmoid(x), q = 1 - p and the binary cross entropy of x against a soft target t, all without
+// cancellation: ce = t max(-x, 0) + (1 - t) max(x, 0) + log1p(exp(-|x|)) (max(x, 0) - t x + ... loses digits
+// for t near 1 at large |x|).
+template <typename T>
+struct LogitTerms {
+  T p;
+  T q;
+  T ce;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline LogitTerms<T> logit_terms(T x, T t) {
+  const T zero(0), one(1);
+  const T e = fm_exp(-fm_abs(x));  // in (0, 1]: no overflow for any |x|
+  const T inv = one / (one + e);
+  const auto x_nonneg = x >= zero;
+  return {fm_select(x_nonneg, inv, e * inv), fm_select(x_nonneg, e * inv, inv),
+          t * fm_max(zero - x, zero) + (one - t) * fm_max(x, zero) + fm_log1p_unit(e)};
+}
+
 // alpha enters as a_t = alpha_neg + alpha_diff * t (alpha_neg = 1 - alpha, alpha_diff = 2 alpha - 1;
 // disabled alpha is alpha_neg = 1, alpha_diff = 0).
 template <typename T>
@@ -98,25 +121,22 @@ struct AlphaWeight {
 };
 
 // Loss and d(loss)/dx of one logit x with (possibly soft) target t.
-// p = sigmoid(x), q = 1 - p, u = 1 - p_t = t q + (1 - t) p,
-// ce = -(t log p + (1 - t) log q) = t max(-x, 0) + (1 - t) max(x, 0) + log1p(exp(-|x|)) (no cancellation for
-// soft t near 1 at large |x|, where max(x, 0) - t x loses digits),
+// p = sigmoid(x), q = 1 - p, u = 1 - p_t = t q + (1 - t) p, ce = -(t log p + (1 - t) log q) (logit_terms),
 // loss = a_t u**gamma ce, dloss/dx = a_t (u**gamma (p - t) + ce gamma u**(gamma-1) (1 - 2t) p q).
+// Poly-1 (Leng et al. 2022) adds a_t poly u**(gamma+1), whose derivative is a_t poly (gamma+1) u**gamma (1-2t) p q.
 template <int G, typename T>
-C10_HOST_DEVICE inline void sigmoid_focal_point(T x, T t, AlphaWeight<T> alpha, T gamma, T& loss, T& grad) {
+C10_HOST_DEVICE inline void sigmoid_focal_point(T x, T t, AlphaWeight<T> alpha, T gamma, T& loss, T& grad,
+                                                T poly = T(0)) {
   const T zero(0), one(1);
-  const T e = fm_exp(-fm_abs(x));  // in (0, 1]: no overflow for any |x|
-  const T inv = one / (one + e);
-  const auto x_nonneg = x >= zero;
-  const T p = fm_select(x_nonneg, inv, e * inv);
-  const T q = fm_select(x_nonneg, e * inv, inv);  // 1 - p without cancellation
-  const T ce = t * fm_max(zero - x, zero) + (one - t) * fm_max(x, zero) + fm_log1p_unit(e);
-  const T u = t * q + (one - t) * p;
+  const LogitTerms<T> s = logit_terms(x, t);
+  const T u = t * s.q + (one - t) * s.p;
   const T m = modulating_factor<G>(u, gamma);
   const T a = alpha.at(t);
-  loss = a * m * ce;
+  const T pq = s.p * s.q;
+  loss = a * m * (s.ce + poly * u);
   // p q / u is bounded: it tends to p (t = 1) or q (t = 0) as u -> 0.
-  grad = a * (m * (p - t) + ce * (one - t - t) * modulating_derivative<G>(u, m, gamma, p * q));
+  grad = a * (m * (s.p - t) +
+              (one - t - t) * (s.ce * modulating_derivative<G>(u, m, gamma, pq) + poly * (gamma + one) * m * pq));
 }
 
 // ---- binary focal loss on probabilities ------------------------------------------------------------------
@@ -139,20 +159,94 @@ C10_HOST_DEVICE inline void binary_focal_point(T p, T t, AlphaWeight<T> alpha, T
   grad = a * (m * dce + (one - t - t) * modulating_derivative<G>(u, m, gamma, ce));
 }
 
+// ---- the focal family on logits (design.md §5) -------------------------------------------------------------
+
+// Varifocal loss (VarifocalNet; mmdet's formula), IoU-aware target q in [0, 1]:
+//   w = q (1 if not iou_weighted) where q > 0, else alpha p**gamma (= alpha |p - q|**gamma at q = 0);
+//   loss = w ce(x, q); the gradient flows through w: d(alpha p**gamma)/dx = alpha gamma p**gamma (1 - p).
+template <int G, typename T>
+C10_HOST_DEVICE inline void varifocal_point(T x, T q, T alpha, T gamma, bool iou_weighted, T& loss, T& grad) {
+  const T zero(0), one(1);
+  const LogitTerms<T> s = logit_terms(x, q);
+  const T m = modulating_factor<G>(s.p, gamma);
+  const auto positive = q > zero;
+  const T w = fm_select(positive, iou_weighted ? q : one, alpha * m);
+  // gamma p**(gamma-1) p q formed as gamma p**gamma q: no p**(gamma-1) on its own for 0 < gamma < 1.
+  const T dw = fm_select(positive, zero, alpha * modulating_derivative<G>(s.p, m, gamma, s.p * s.q));
+  loss = w * s.ce;
+  grad = w * (s.p - q) + s.ce * dw;
+}
+
+// Quality focal loss (GFL; mmdet's formula): loss = ce(x, y) |y - p|**beta; the gradient flows through the
+// factor, d|y - p|**beta/dx = beta |p - y|**(beta-1) sign(p - y) p q (0 at p = y, the subgradient).
+template <int G, typename T>
+C10_HOST_DEVICE inline void quality_focal_point(T x, T y, T beta, T& loss, T& grad) {
+  const T zero(0), one(1);
+  const LogitTerms<T> s = logit_terms(x, y);
+  const T d = s.p - y;
+  const T abs_d = fm_abs(d);
+  const T m = modulating_factor<G>(abs_d, beta);
+  const T sign = fm_select(d > zero, one, fm_select(d < zero, zero - one, zero));
+  loss = s.ce * m;
+  grad = m * d + s.ce * modulating_derivative<G>(abs_d, m, beta, sign * s.p * s.q);
+}
+
+// Asymmetric loss (ASL, Ridnik et al. 2021; Alibaba-MIIL's code) for one logit and target t in [0, 1]:
+//   p_neg = min(q + clip, 1) (q when clip = 0), pt = p t + p_neg (1 - t), g = gamma_pos t + gamma_neg (1 - t),
+//   w = (1 - pt)**g, loss = -w [t log max(p, eps) + (1 - t) log max(p_neg, eps)].
+// 1 - pt = t q + (1 - t) max(p - clip, 0) has no cancellation. detach: w is a constant for the gradient.
+template <typename T>
+struct AsymmetricParams {
+  T gamma_pos;
+  T gamma_neg;
+  T clip;
+  T eps;
+  bool detach;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline void asymmetric_point(T x, T t, const AsymmetricParams<T>& prm, T& loss, T& grad) {
+  const T zero(0), one(1);
+  const LogitTerms<T> s = logit_terms(x, t);
+  const T shifted = s.q + prm.clip;
+  const auto clipped = shifted >= one;  // p_neg saturates at 1: constant
+  const T p_neg = fm_select(clipped, one, shifted);
+  const T log_pos = fm_log(fm_max(s.p, prm.eps));
+  const T log_neg = fm_log(fm_max(p_neg, prm.eps));
+  const T pq = s.p * s.q;
+  // d log max(p, eps)/dx = q above eps; d log max(p_neg, eps)/dx = -p q / p_neg while p_neg moves and > eps.
+  const T dlog_pos = fm_select(s.p > prm.eps, s.q, zero);
+  const T dlog_neg = fm_select(clipped, zero, fm_select(p_neg > prm.eps, zero - pq / p_neg, zero));
+  const T ce = zero - (t * log_pos + (one - t) * log_neg);
+  const T dce = zero - (t * dlog_pos + (one - t) * dlog_neg);
+  const T u = t * s.q + (one - t) * fm_max(s.p - prm.clip, zero);
+  const T g = prm.gamma_pos * t + prm.gamma_neg * (one - t);
+  const T w = modulating_factor<kGammaAny>(u, g);
+  loss = w * ce;
+  if (prm.detach) {
+    grad = w * dce;
+  } else {
+    // du/dx = -t p q + (1 - t) p q [p > clip]
+    const T du = (one - t) * fm_select(s.p > prm.clip, pq, zero) - t * pq;
+    grad = w * dce + ce * modulating_derivative<kGammaAny>(u, w, g, du);
+  }
+}
+
 // ---- softmax focal loss -----------------------------------------------------------------------------------
 
-// For one class c with log-probability logp and weight alpha_c:
-//   weighted_logp = alpha_c (1 - p)**gamma logp        (the row loss is -sum_c q_c weighted_logp_c)
-//   h             = alpha_c ((1 - p)**gamma - gamma p logp (1 - p)**(gamma-1))
+// For one class c with log-probability logp and weight alpha_c (u = 1 - p, poly: Poly-1's epsilon):
+//   weighted_logp = alpha_c u**gamma (logp - poly u)   (the row loss is -sum_c q_c weighted_logp_c)
+//   h             = d weighted_logp / d logp = alpha_c (u**gamma - gamma p logp u**(gamma-1) + poly (gamma+1) p u**gamma)
 // so that d(row loss)/dx_j = -q_j h_j + p_j sum_c q_c h_c (q: smoothed target distribution).
 template <int G, typename T>
-C10_HOST_DEVICE inline void softmax_focal_class_terms(T logp, T alpha_c, T gamma, T& weighted_logp, T& h) {
+C10_HOST_DEVICE inline void softmax_focal_class_terms(T logp, T alpha_c, T gamma, T& weighted_logp, T& h,
+                                                      T poly = T(0)) {
   const T p = fm_exp(logp);
   const T u = -fm_expm1(logp);  // 1 - p without cancellation near p = 1
   const T m = modulating_factor<G>(u, gamma);
-  weighted_logp = alpha_c * m * logp;
+  weighted_logp = alpha_c * m * (logp - poly * u);
   // p logp / (1 - p) -> -1 as p -> 1: bounded.
-  h = alpha_c * (m - modulating_derivative<G>(u, m, gamma, p * logp));
+  h = alpha_c * (m - modulating_derivative<G>(u, m, gamma, p * logp) + poly * (gamma + T(1)) * p * m);
 }
 
 // log softmax from the row max and log(sum exp(x - max)); subtracting the max first keeps float precision

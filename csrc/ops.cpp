@@ -43,7 +43,58 @@ void check_dense_target(const at::Tensor& input, const at::Tensor& target, const
                    " (the ", input_name, "'s), got ", target.scalar_type());
 }
 
+// An optional opmath tensor argument on the input's device that autograd does not differentiate.
+void check_constant_opmath(const at::Tensor& input, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == opmath_dtype(input), name, ": expected dtype ", opmath_dtype(input), ", got ",
+                   t.scalar_type());
+  check_same_device(input, t, name);
+  TORCH_CHECK_VALUE(!t.requires_grad(), name, ": expected a constant tensor (requires_grad=False): the loss is not ",
+                    "differentiated with respect to it");
+}
+
 }  // namespace
+
+WeightMode check_elementwise_extras(const at::Tensor& input, const at::Tensor& target,
+                                    const std::optional<at::Tensor>& score, const std::optional<at::Tensor>& weight,
+                                    const std::optional<at::Tensor>& class_alpha) {
+  const bool index_target = target.scalar_type() == at::kLong;
+  const int64_t C = input.dim() == 0 ? 1 : input.size(-1);
+  if (score.has_value()) {
+    TORCH_CHECK_VALUE(index_target, "score: only with class-index targets (a dense target carries its values)");
+    TORCH_CHECK_VALUE(score->sizes() == target.sizes(), "score: expected the target's shape ", target.sizes(),
+                      ", got ", score->sizes());
+    TORCH_CHECK_TYPE(score->scalar_type() == input.scalar_type(), "score: expected dtype ", input.scalar_type(),
+                     " (the input's), got ", score->scalar_type());
+    check_same_device(input, *score, "score");
+  }
+  if (class_alpha.has_value()) {
+    check_constant_opmath(input, *class_alpha, "alpha");
+    TORCH_CHECK_VALUE(class_alpha->dim() == 1 && class_alpha->size(0) == C, "alpha: expected ", C,
+                      " per-class values (the input's last dim), got a tensor of shape ", class_alpha->sizes());
+  }
+  if (!weight.has_value()) return WeightMode::kNone;
+  const at::Tensor& w = *weight;
+  check_constant_opmath(input, w, "weight");
+  if (w.sizes() == input.sizes()) return WeightMode::kElement;
+  TORCH_CHECK_VALUE(w.dim() == input.dim() && input.dim() >= 1,
+                    "weight: expected the input's shape ", input.sizes(), ", its rows' shape with a last dim of 1, or ",
+                    "(1, ..., 1, C), got ", w.sizes());
+  bool rows = w.size(-1) == 1, classes = w.size(-1) == C;
+  for (int64_t d = 0; d + 1 < input.dim(); ++d) {
+    rows &= w.size(d) == input.size(d);
+    classes &= w.size(d) == 1;
+  }
+  TORCH_CHECK_VALUE(rows || classes, "weight: expected the input's shape ", input.sizes(),
+                    ", its rows' shape with a last dim of 1, or (1, ..., 1, C), got ", w.sizes());
+  return rows ? WeightMode::kRow : WeightMode::kClass;
+}
+
+void check_softmax_weight(const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight) {
+  if (!weight.has_value()) return;
+  check_constant_opmath(input, *weight, "weight");
+  TORCH_CHECK_VALUE(weight->sizes() == target.sizes(), "weight: expected one weight per row, the target's shape ",
+                    target.sizes(), ", got ", weight->sizes());
+}
 
 at::ScalarType opmath_dtype(const at::Tensor& input) {
   return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -173,17 +224,34 @@ at::Tensor softmax_focal_bwd(const at::Tensor& grad_output, const at::Tensor& gr
 // (1/denominator for mean) the backward applies with grad_output.
 FOCAL_TORCH_LIBRARY(FOCAL_OPS_NAMESPACE, m) {
   const std::vector<at::Tag> tags = {at::Tag::pt2_compliant_tag};
+  // weight, per-class alpha, poly_epsilon and score: the focal family (design.md §5); see check_elementwise_extras.
   m.def(
       "sigmoid_focal_fwd(Tensor input, Tensor target, float alpha, float gamma, int reduction, int ignore_index, "
-      "float label_smoothing, Tensor? normalizer, bool compute_grad) -> (Tensor, Tensor, Tensor)",
+      "float label_smoothing, Tensor? normalizer, bool compute_grad, Tensor? weight=None, Tensor? class_alpha=None, "
+      "float poly_epsilon=0.0) -> (Tensor, Tensor, Tensor)",
       tags);
   m.def(
       "softmax_focal_fwd(Tensor input, Tensor target, Tensor? alpha, float gamma, int reduction, int ignore_index, "
-      "float label_smoothing, Tensor? normalizer, bool compute_grad) -> (Tensor, Tensor, Tensor)",
+      "float label_smoothing, Tensor? normalizer, bool compute_grad, Tensor? weight=None, float poly_epsilon=0.0) "
+      "-> (Tensor, Tensor, Tensor)",
       tags);
   m.def(
-      "binary_focal_fwd(Tensor prob, Tensor target, float alpha, float gamma, int reduction, bool compute_grad) "
+      "binary_focal_fwd(Tensor prob, Tensor target, float alpha, float gamma, int reduction, bool compute_grad, "
+      "Tensor? weight=None) -> (Tensor, Tensor, Tensor)",
+      tags);
+  m.def(
+      "varifocal_fwd(Tensor input, Tensor target, Tensor? score, float alpha, float gamma, bool iou_weighted, "
+      "int reduction, int ignore_index, Tensor? normalizer, bool compute_grad, Tensor? weight=None) "
       "-> (Tensor, Tensor, Tensor)",
+      tags);
+  m.def(
+      "quality_focal_fwd(Tensor input, Tensor target, Tensor? score, float beta, int reduction, int ignore_index, "
+      "Tensor? normalizer, bool compute_grad, Tensor? weight=None) -> (Tensor, Tensor, Tensor)",
+      tags);
+  m.def(
+      "asymmetric_fwd(Tensor input, Tensor target, float gamma_pos, float gamma_neg, float clip, float eps, "
+      "bool detach_modulation, int reduction, int ignore_index, Tensor? normalizer, bool compute_grad, "
+      "Tensor? weight=None) -> (Tensor, Tensor, Tensor)",
       tags);
   m.def("sigmoid_focal_bwd(Tensor grad_output, Tensor grad, Tensor grad_scale, int reduction) -> Tensor", tags);
   m.def("softmax_focal_bwd(Tensor grad_output, Tensor grad, Tensor grad_scale, int reduction) -> Tensor", tags);

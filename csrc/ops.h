@@ -2,6 +2,8 @@
 // kernel's loss sum and count into the op's outputs. Nothing here knows about a device.
 #pragma once
 
+#include "loss_kinds.h"
+
 #include <ATen/core/Tensor.h>
 
 #include <optional>
@@ -31,6 +33,16 @@ void check_binary_args(const at::Tensor& prob, const at::Tensor& target, int64_t
 // for the softmax loss, class_dim_reduced).
 void check_backward_args(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
                          int64_t reduction, bool class_dim_reduced);
+
+// The optional inputs of the elementwise losses (design.md §5). check_elementwise_extras checks them against
+// input/target and returns the weight's mode: a weight has the input's shape (per element),
+// input.shape[:-1] + (1,) (per row) or (1, ..., 1, C) (per class); functional.py brings any broadcastable
+// weight to one of these.
+WeightMode check_elementwise_extras(const at::Tensor& input, const at::Tensor& target,
+                                    const std::optional<at::Tensor>& score, const std::optional<at::Tensor>& weight,
+                                    const std::optional<at::Tensor>& class_alpha);
+// A softmax weight has the target's shape (one per row).
+void check_softmax_weight(const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight);
 
 // float64 for double inputs, float32 otherwise: the dtype of the math, of alpha and of grad_scale.
 at::ScalarType opmath_dtype(const at::Tensor& input);

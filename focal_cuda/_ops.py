@@ -45,22 +45,28 @@ def _fake_outputs(input, loss_shape, reduction, compute_grad):
     return loss, grad, input.new_empty((), dtype=opmath_dtype(input.dtype))
 
 
-def _sigmoid_focal_fwd_fake(input, target, alpha, gamma, reduction, ignore_index, label_smoothing, normalizer,
-                            compute_grad):
-    return _fake_outputs(input, input.shape, reduction, compute_grad)
-
-
-def _softmax_focal_fwd_fake(input, target, alpha, gamma, reduction, ignore_index, label_smoothing, normalizer,
-                            compute_grad):
-    return _fake_outputs(input, target.shape, reduction, compute_grad)
-
-
-def _binary_focal_fwd_fake(prob, target, alpha, gamma, reduction, compute_grad):
-    return _fake_outputs(prob, prob.shape, reduction, compute_grad)
-
-
 def _bwd_fake(grad_output, grad, grad_scale, reduction):
     return torch.empty_like(grad)
+
+
+# Forward op -> (its backward op, the index of its reduction and compute_grad arguments, whether the
+# 'none' loss has the target's shape rather than the input's). The focal family's ops are elementwise.
+FORWARD_OPS = {
+    "sigmoid_focal_fwd": ("sigmoid_focal_bwd", 4, 8, False),
+    "softmax_focal_fwd": ("softmax_focal_bwd", 4, 8, True),
+    "binary_focal_fwd": ("binary_focal_bwd", 4, 5, False),
+    "varifocal_fwd": ("sigmoid_focal_bwd", 6, 9, False),
+    "quality_focal_fwd": ("sigmoid_focal_bwd", 4, 7, False),
+    "asymmetric_fwd": ("sigmoid_focal_bwd", 7, 10, False),
+}
+
+
+def _fwd_fake(reduction_index, compute_grad_index, loss_has_target_shape):
+    def fake(*args, **kwargs):
+        input, target = args[0], args[1]
+        shape = target.shape if loss_has_target_shape else input.shape
+        return _fake_outputs(input, shape, args[reduction_index], args[compute_grad_index])
+    return fake
 
 
 def _applies_nothing(grad_loss, grad_scale):
@@ -72,11 +78,11 @@ def _applies_nothing(grad_loss, grad_scale):
             and not torch.compiler.is_compiling() and bool(grad_loss == 1) and bool(grad_scale == 1))
 
 
-def _register_autograd(namespace, fwd_name, bwd_op, reduction_index, num_inputs, cpu_shortcut):
+def _register_autograd(namespace, fwd_name, bwd_op, reduction_index, compute_grad_index, num_inputs, cpu_shortcut):
     def setup_context(ctx, inputs, output):
         _, grad, grad_scale = output
         ctx.reduction = inputs[reduction_index]
-        ctx.has_grad = inputs[-1]  # compute_grad is the last argument of every forward op
+        ctx.has_grad = inputs[compute_grad_index]
         ctx.save_for_backward(grad, grad_scale)
         ctx.mark_non_differentiable(grad, grad_scale)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the non-differentiable outputs
@@ -98,13 +104,14 @@ def _register_autograd(namespace, fwd_name, bwd_op, reduction_index, num_inputs,
 def _register_library(namespace, cpu_shortcut):
     """Fake kernels and autograd for the ops of `namespace` (focal_cuda, or focal_cuda_emulated)."""
     library_ops = getattr(torch.ops, namespace)
-    for name, fake in (("sigmoid_focal_fwd", _sigmoid_focal_fwd_fake), ("softmax_focal_fwd", _softmax_focal_fwd_fake),
-                       ("binary_focal_fwd", _binary_focal_fwd_fake), ("sigmoid_focal_bwd", _bwd_fake),
-                       ("softmax_focal_bwd", _bwd_fake), ("binary_focal_bwd", _bwd_fake)):
-        torch.library.register_fake(f"{namespace}::{name}")(fake)
-    for kind, num_inputs in (("sigmoid", 9), ("softmax", 9), ("binary", 6)):
-        _register_autograd(namespace, f"{kind}_focal_fwd", getattr(library_ops, f"{kind}_focal_bwd"),
-                           reduction_index=4, num_inputs=num_inputs, cpu_shortcut=cpu_shortcut)
+    for name in ("sigmoid_focal_bwd", "softmax_focal_bwd", "binary_focal_bwd"):
+        torch.library.register_fake(f"{namespace}::{name}")(_bwd_fake)
+    for name, (bwd_name, reduction_index, compute_grad_index, target_shaped) in FORWARD_OPS.items():
+        torch.library.register_fake(f"{namespace}::{name}")(
+            _fwd_fake(reduction_index, compute_grad_index, target_shaped))
+        num_inputs = len(getattr(library_ops, name).default._schema.arguments)
+        _register_autograd(namespace, name, getattr(library_ops, bwd_name), reduction_index, compute_grad_index,
+                           num_inputs, cpu_shortcut)
     return library_ops
 
 

@@ -118,3 +118,70 @@ class BCEFocalLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction!r}"
+
+
+class VarifocalLoss(nn.Module):
+    """Varifocal loss (VarifocalNet); see focal_cuda.varifocal_loss."""
+
+    def __init__(self, alpha: float = 0.75, gamma: float = 2.0, reduction: str = "mean", *, iou_weighted: bool = True,
+                 ignore_index: int = -100):
+        super().__init__()
+        self.alpha = alpha
+        self.gamma = gamma
+        self.reduction = reduction
+        self.iou_weighted = iou_weighted
+        self.ignore_index = ignore_index
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, weight=None, normalizer=None,
+                score=None) -> torch.Tensor:
+        return F.varifocal_loss(input, target, self.alpha, self.gamma, self.reduction, iou_weighted=self.iou_weighted,
+                                score=score, weight=weight, normalizer=normalizer, ignore_index=self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return (f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}, "
+                f"iou_weighted={self.iou_weighted}")
+
+
+class QualityFocalLoss(nn.Module):
+    """Quality focal loss (GFL); see focal_cuda.quality_focal_loss."""
+
+    def __init__(self, beta: float = 2.0, reduction: str = "mean", *, ignore_index: int = -100):
+        super().__init__()
+        self.beta = beta
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, weight=None, normalizer=None,
+                score=None) -> torch.Tensor:
+        return F.quality_focal_loss(input, target, self.beta, self.reduction, score=score, weight=weight,
+                                    normalizer=normalizer, ignore_index=self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, reduction={self.reduction!r}"
+
+
+class AsymmetricLoss(nn.Module):
+    """Asymmetric loss (ASL) for multi-label classification; see focal_cuda.asymmetric_loss."""
+
+    def __init__(self, gamma_pos: float = 0.0, gamma_neg: float = 4.0, clip: float = 0.05, reduction: str = "mean", *,
+                 eps: float = 1e-8, detach_modulation: bool = True, ignore_index: int = -100):
+        super().__init__()
+        self.gamma_pos = gamma_pos
+        self.gamma_neg = gamma_neg
+        self.clip = clip
+        self.reduction = reduction
+        self.eps = eps
+        self.detach_modulation = detach_modulation
+        self.ignore_index = ignore_index
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, weight=None, normalizer=None,
+                score=None) -> torch.Tensor:
+        if score is not None:
+            raise ValueError("score: AsymmetricLoss takes hard or dense soft targets, not a per-row score")
+        return F.asymmetric_loss(input, target, self.gamma_pos, self.gamma_neg, self.clip, self.reduction,
+                                 eps=self.eps, detach_modulation=self.detach_modulation, weight=weight,
+                                 normalizer=normalizer, ignore_index=self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return (f"gamma_pos={self.gamma_pos}, gamma_neg={self.gamma_neg}, clip={self.clip}, "
+                f"reduction={self.reduction!r}, detach_modulation={self.detach_modulation}")

@@ -21,7 +21,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sigmoid_focal_loss", "softmax_focal_loss", "binary_focal_loss"]
+__all__ = ["sigmoid_focal_loss", "softmax_focal_loss", "binary_focal_loss", "varifocal_loss", "quality_focal_loss",
+           "asymmetric_loss"]
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -70,6 +71,66 @@ def _power(base, gamma):
     return torch.where(positive, safe_base**gamma, torch.full_like(base, value_at_zero))
 
 
+def _power_tensor(base, exponent):
+    """base ** exponent element-wise (exponent a tensor), finite gradient where base == 0 (as _power)."""
+    positive = base > 0
+    safe_base = torch.where(positive, base, torch.ones_like(base))
+    return torch.where(positive, safe_base**exponent, (exponent == 0).to(base.dtype))
+
+
+def _apply_weight(loss, weight, input):
+    """weight (a constant): one per row of input.shape[:-1] (mmdet's per-anchor weight), or broadcastable."""
+    if weight is None:
+        return loss
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    weight = weight.to(device=loss.device, dtype=loss.dtype)
+    if input.dim() >= 2 and weight.shape == input.shape[:-1] and loss.shape == input.shape:
+        weight = weight.unsqueeze(-1)
+    return loss * weight
+
+
+def _dense_target(input, target, ignore_index, score=None):
+    """(dense target of input's shape, valid-element mask) from a dense or class-index target; `score` gives the
+    target class's value per row for class-index targets (1 when None)."""
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(
+                f"target (dense) must have the shape of input {tuple(input.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
+        if score is not None:
+            raise ValueError("score is only for class-index targets")
+        return target.to(input.dtype), torch.ones_like(input, dtype=torch.bool)
+    if target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must be a floating or integer tensor, got dtype {target.dtype}")
+    if input.dim() == 0 or target.shape != input.shape[:-1]:
+        raise ValueError(
+            f"target (class index) must have shape input.shape[:-1] = {tuple(input.shape[:-1])}, "
+            f"got {tuple(target.shape)}"
+        )
+    num_classes = input.shape[-1]
+    target = target.long()
+    ignored_rows = target == ignore_index
+    in_range = (target >= 0) & (target <= num_classes)
+    if bool((~(ignored_rows | in_range)).any()):
+        raise ValueError(
+            f"target class indices must be in [0, {num_classes}] or equal ignore_index "
+            f"({ignore_index}), got values in [{int(target.min())}, {int(target.max())}]"
+        )
+    # class C (background) one-hot encodes to all zeros, an ignored row to zeros as well
+    positive_class = torch.where(ignored_rows | (target == num_classes), num_classes, target)
+    dense = F.one_hot(positive_class, num_classes + 1)[..., :num_classes].to(input.dtype)
+    if score is not None:
+        dense = dense * score.to(input.dtype).unsqueeze(-1)
+    return dense, (~ignored_rows).unsqueeze(-1).expand(input.shape)
+
+
+def _finish_elementwise(loss, valid, weight, input, reduction, normalizer):
+    loss = torch.where(valid, _apply_weight(loss, weight, input), torch.zeros_like(loss))
+    return _reduce(loss, reduction, valid.sum(), normalizer)
+
+
 def _reduce(loss, reduction, count, normalizer):
     """Reduce per-element (or per-row) losses; a "mean" over nothing is 0 with zero gradient."""
     if reduction == "none":
@@ -89,11 +150,14 @@ def _reduce(loss, reduction, count, normalizer):
     return total / torch.clamp(count, min=1).to(total.dtype)
 
 
-def _binary_focal_terms(prob, one_minus_prob, log_prob, log_one_minus_prob, target, alpha, gamma):
-    """-a_t * (1 - p_t) ** gamma * [t * log p + (1 - t) * log(1 - p)], element-wise."""
+def _binary_focal_terms(prob, one_minus_prob, log_prob, log_one_minus_prob, target, alpha, gamma, poly_epsilon=0.0):
+    """a_t * [(1 - p_t) ** gamma * CE + poly_epsilon * (1 - p_t) ** (gamma + 1)], element-wise, with
+    CE = -[t * log p + (1 - t) * log(1 - p)]. alpha: None, a number, or per-class values (last dim)."""
     one_minus_pt = prob * (1 - target) + one_minus_prob * target
     cross_entropy = -(target * log_prob + (1 - target) * log_one_minus_prob)
     loss = _power(one_minus_pt, gamma) * cross_entropy
+    if poly_epsilon:
+        loss = loss + poly_epsilon * _power(one_minus_pt, gamma + 1)
     if alpha is not None:
         alpha_t = alpha * target + (1 - alpha) * (1 - target)
         loss = alpha_t * loss
@@ -110,12 +174,15 @@ def sigmoid_focal_loss(
     ignore_index=-100,
     label_smoothing=0.0,
     normalizer=None,
+    weight=None,
+    poly_epsilon=0.0,
 ):
     """Focal loss on logits, element-wise binary (torchvision's argument order and defaults).
 
     ``target`` is either a floating tensor of ``input``'s shape (dense, soft targets allowed)
     or an integer tensor of shape ``input.shape[:-1]`` (class index: ``0 <= t < C`` positive
-    class, ``t == C`` background, ``t == ignore_index`` ignores the whole row).
+    class, ``t == C`` background, ``t == ignore_index`` ignores the whole row). ``alpha`` may also hold
+    C per-class values; ``weight`` multiplies each element's loss; ``poly_epsilon`` adds Poly-1's term.
     """
     _check_floating("input", input)
     if not isinstance(target, torch.Tensor):
@@ -123,37 +190,11 @@ def sigmoid_focal_loss(
     _check_reduction(reduction)
     gamma = _check_gamma(gamma)
     label_smoothing = _check_label_smoothing(label_smoothing)
-    alpha = _binary_alpha(alpha)
-
-    if target.is_floating_point():
-        if target.shape != input.shape:
-            raise ValueError(
-                f"target (dense) must have the shape of input {tuple(input.shape)}, "
-                f"got {tuple(target.shape)}"
-            )
-        dense_target = target.to(input.dtype)
-        valid = torch.ones_like(input, dtype=torch.bool)
-    elif not target.is_complex() and target.dtype != torch.bool:
-        if input.dim() == 0 or target.shape != input.shape[:-1]:
-            raise ValueError(
-                f"target (class index) must have shape input.shape[:-1] = {tuple(input.shape[:-1])}, "
-                f"got {tuple(target.shape)}"
-            )
-        num_classes = input.shape[-1]
-        target = target.long()
-        ignored_rows = target == ignore_index
-        in_range = (target >= 0) & (target <= num_classes)
-        if bool((~(ignored_rows | in_range)).any()):
-            raise ValueError(
-                f"target class indices must be in [0, {num_classes}] or equal ignore_index "
-                f"({ignore_index}), got values in [{int(target.min())}, {int(target.max())}]"
-            )
-        # class C (background) one-hot encodes to all zeros, an ignored row to zeros as well
-        positive_class = torch.where(ignored_rows | (target == num_classes), num_classes, target)
-        dense_target = F.one_hot(positive_class, num_classes + 1)[..., :num_classes].to(input.dtype)
-        valid = (~ignored_rows).unsqueeze(-1).expand(input.shape)
+    if isinstance(alpha, torch.Tensor) or isinstance(alpha, (list, tuple)):
+        alpha = torch.as_tensor(alpha).to(device=input.device, dtype=input.dtype).reshape(-1)
     else:
-        raise TypeError(f"target must be a floating or integer tensor, got dtype {target.dtype}")
+        alpha = _binary_alpha(alpha)
+    dense_target, valid = _dense_target(input, target, ignore_index)
 
     if label_smoothing > 0:
         dense_target = dense_target * (1 - label_smoothing) + 0.5 * label_smoothing
@@ -166,9 +207,9 @@ def sigmoid_focal_loss(
         dense_target,
         alpha,
         gamma,
+        float(poly_epsilon),
     )
-    loss = torch.where(valid, loss, torch.zeros_like(loss))
-    return _reduce(loss, reduction, valid.sum(), normalizer)
+    return _finish_elementwise(loss, valid, weight, input, reduction, normalizer)
 
 
 def _softmax_alpha(alpha, num_classes, input):
@@ -196,13 +237,17 @@ def softmax_focal_loss(
     ignore_index=-100,
     label_smoothing=0.0,
     normalizer=None,
+    weight=None,
+    poly_epsilon=0.0,
 ):
     """Multi-class focal loss shaped like ``F.cross_entropy``.
 
     ``input`` is ``(N, C)``, ``(N, C, d1, ..., dk)`` or ``(C,)``; ``target`` holds class
     indices of shape ``(N)``, ``(N, d1, ..., dk)`` or ``()``. With the smoothed target
     distribution q = (1 - s) * onehot + s / C and p = softmax(input) over dim 1:
-    ``loss_row = -sum_c q_c * alpha_c * (1 - p_c) ** gamma * log p_c``.
+    ``loss_row = -sum_c q_c * alpha_c * (1 - p_c) ** gamma * log p_c``; Poly-1 adds
+    ``poly_epsilon * sum_c q_c * alpha_c * (1 - p_c) ** (gamma + 1)``; ``weight`` (target's shape, or
+    broadcastable to it) multiplies each row's loss.
     """
     _check_floating("input", input)
     if not isinstance(target, torch.Tensor):
@@ -243,6 +288,8 @@ def softmax_focal_loss(
     one_minus_prob = -torch.expm1(log_prob)
     # per class: -alpha_c * (1 - p_c) ** gamma * log p_c, then weighted by q_c over dim 1
     class_loss = -_power(one_minus_prob, gamma) * log_prob
+    if poly_epsilon:
+        class_loss = class_loss + float(poly_epsilon) * _power(one_minus_prob, gamma + 1)
     if alpha is not None:
         class_shape = (1, num_classes) + (1,) * (input.dim() - 2)
         class_loss = class_loss * alpha.reshape(class_shape)
@@ -250,14 +297,15 @@ def softmax_focal_loss(
     loss = (1 - label_smoothing) * target_loss
     if label_smoothing > 0:
         loss = loss + (label_smoothing / num_classes) * class_loss.sum(dim=1)
-    loss = torch.where(ignored, torch.zeros_like(loss), loss)
-
     if unbatched:
         loss, ignored = loss.squeeze(0), ignored.squeeze(0)
+    if weight is not None:
+        loss = loss * weight.to(device=loss.device, dtype=loss.dtype)
+    loss = torch.where(ignored, torch.zeros_like(loss), loss)
     return _reduce(loss, reduction, (~ignored).sum(), normalizer)
 
 
-def binary_focal_loss(prob, target, alpha=0.25, gamma=2.0, reduction="mean"):
+def binary_focal_loss(prob, target, alpha=0.25, gamma=2.0, reduction="mean", *, weight=None):
     """Binary focal loss on probabilities; logs clamped at -100 as ``torch.nn.BCELoss`` does."""
     _check_floating("prob", prob)
     if not isinstance(target, torch.Tensor):
@@ -279,5 +327,55 @@ def binary_focal_loss(prob, target, alpha=0.25, gamma=2.0, reduction="mean"):
 
     log_p = clamped_log(prob, torch.log, 0.0)
     log_1mp = clamped_log(-prob, torch.log1p, 1.0)  # log1p(-p): exact for tiny p, where 1 - p rounds
-    loss = _binary_focal_terms(prob, 1 - prob, log_p, log_1mp, target, alpha, gamma)
+    loss = _apply_weight(_binary_focal_terms(prob, 1 - prob, log_p, log_1mp, target, alpha, gamma), weight, prob)
     return _reduce(loss, reduction, torch.tensor(loss.numel(), device=loss.device), None)
+
+
+def _bce_with_logits(input, target):
+    """t * softplus(-x) + (1 - t) * softplus(x): no cancellation for soft t at any |x|."""
+    return target * F.softplus(-input) + (1 - target) * F.softplus(input)
+
+
+def varifocal_loss(input, target, alpha=0.75, gamma=2.0, reduction="mean", *, iou_weighted=True, score=None,
+                   weight=None, normalizer=None, ignore_index=-100):
+    """Varifocal loss (VarifocalNet; mmdet's formula) on logits with IoU-aware targets q:
+    ``w * BCE(x, q)``, w = q (1 if not iou_weighted) where q > 0, else alpha * |p - q| ** gamma; the
+    gradient flows through w. ``target``: dense q, or class indices with ``score`` the target class's q."""
+    _check_floating("input", input)
+    _check_reduction(reduction)
+    gamma = _check_gamma(gamma)
+    q, valid = _dense_target(input, target, ignore_index, score)
+    p = torch.sigmoid(input)
+    positive_weight = q if iou_weighted else torch.ones_like(q)
+    focal_weight = torch.where(q > 0, positive_weight, float(alpha) * _power((p - q).abs(), gamma))
+    return _finish_elementwise(_bce_with_logits(input, q) * focal_weight, valid, weight, input, reduction, normalizer)
+
+
+def quality_focal_loss(input, target, beta=2.0, reduction="mean", *, score=None, weight=None, normalizer=None,
+                       ignore_index=-100):
+    """Quality focal loss (GFL; mmdet's formula): ``BCE(x, y) * |y - p| ** beta``, gradient through the factor."""
+    _check_floating("input", input)
+    _check_reduction(reduction)
+    beta = _check_gamma(beta)
+    y, valid = _dense_target(input, target, ignore_index, score)
+    factor = _power((y - torch.sigmoid(input)).abs(), beta)
+    return _finish_elementwise(_bce_with_logits(input, y) * factor, valid, weight, input, reduction, normalizer)
+
+
+def asymmetric_loss(input, target, gamma_pos=0.0, gamma_neg=4.0, clip=0.05, reduction="mean", *, eps=1e-8,
+                    detach_modulation=True, weight=None, normalizer=None, ignore_index=-100):
+    """Asymmetric loss (ASL, Ridnik et al. 2021; Alibaba-MIIL's formula) on logits:
+    p_neg = min(1 - p + clip, 1), pt = p t + p_neg (1 - t), w = (1 - pt) ** (gamma_pos t + gamma_neg (1 - t)),
+    loss = -w [t log max(p, eps) + (1 - t) log max(p_neg, eps)]; detach_modulation treats w as a constant."""
+    _check_floating("input", input)
+    _check_reduction(reduction)
+    t, valid = _dense_target(input, target, ignore_index)
+    p, one_minus_p = torch.sigmoid(input), torch.sigmoid(-input)
+    p_neg = (one_minus_p + clip).clamp(max=1) if clip > 0 else one_minus_p
+    log_terms = t * torch.log(p.clamp(min=eps)) + (1 - t) * torch.log(p_neg.clamp(min=eps))
+    # 1 - pt without cancellation: 1 - p_neg = max(p - clip, 0)
+    one_minus_pt = t * one_minus_p + (1 - t) * (p - clip).clamp(min=0)
+    modulation = _power_tensor(one_minus_pt, gamma_pos * t + gamma_neg * (1 - t))
+    if detach_modulation:
+        modulation = modulation.detach()
+    return _finish_elementwise(-modulation * log_terms, valid, weight, input, reduction, normalizer)

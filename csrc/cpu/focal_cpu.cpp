@@ -90,28 +90,100 @@ LossGradScale finish(const cpu::ForwardArgs& args, const cpu::ForwardSums& sums,
                         /*grad_prescaled=*/true);
 }
 
+// Every elementwise loss: checks the family's optional inputs, counts the mean's denominator, runs the kernel.
+LossGradScale elementwise_fwd_cpu(const cpu::ElementwiseLossArgs& loss_args, cpu::ForwardArgs args,
+                                  const at::Tensor& input, const at::Tensor& target,
+                                  const std::optional<at::Tensor>& score, const std::optional<at::Tensor>& weight,
+                                  const std::optional<at::Tensor>& class_alpha,
+                                  const std::optional<at::Tensor>& normalizer, int64_t reduction) {
+  args.weight_mode = check_elementwise_extras(input, target, score, weight, class_alpha);
+  if (score.has_value()) args.score = score->contiguous();
+  if (weight.has_value()) args.weight = weight->contiguous();
+  if (class_alpha.has_value()) args.class_alpha = class_alpha->contiguous();
+  args.grad_scale = mean_grad_scale(reduction, normalizer, [&] {
+    const int64_t C = input.dim() == 0 ? 1 : input.size(-1);
+    return target.scalar_type() == at::kLong ? counted_targets(target, args.ignore_index) * C : input.numel();
+  });
+  const auto sums = FOCAL_CPU_KERNEL(elementwise_forward, args, loss_args);
+  return finish(args, sums, normalizer, reduction);
+}
+
 LossGradScale sigmoid_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& target, double alpha, double gamma,
                                     int64_t reduction, int64_t ignore_index, double label_smoothing,
-                                    const std::optional<at::Tensor>& normalizer, bool compute_grad) {
+                                    const std::optional<at::Tensor>& normalizer, bool compute_grad,
+                                    const std::optional<at::Tensor>& weight,
+                                    const std::optional<at::Tensor>& class_alpha, double poly_epsilon) {
   check_sigmoid_args(input, target, reduction, normalizer);
   cpu::ForwardArgs args = make_args(input, target, input.sizes(), reduction, compute_grad);
   args.gamma = gamma;
   args.label_smoothing = label_smoothing;
   args.ignore_index = ignore_index;
-  args.grad_scale = mean_grad_scale(reduction, normalizer, [&] {
-    const int64_t C = input.dim() == 0 ? 1 : input.size(-1);
-    return target.scalar_type() == at::kLong ? counted_targets(target, ignore_index) * C : input.numel();
-  });
-  const auto sums = FOCAL_CPU_KERNEL(sigmoid_focal_forward, args, alpha);
-  return finish(args, sums, normalizer, reduction);
+  args.poly_epsilon = poly_epsilon;
+  cpu::ElementwiseLossArgs loss_args;
+  loss_args.kind = ElementwiseLoss::kSigmoidFocal;
+  loss_args.alpha = alpha;
+  return elementwise_fwd_cpu(loss_args, std::move(args), input, target, std::nullopt, weight, class_alpha, normalizer,
+                             reduction);
+}
+
+LossGradScale varifocal_fwd_cpu(const at::Tensor& input, const at::Tensor& target,
+                                const std::optional<at::Tensor>& score, double alpha, double gamma, bool iou_weighted,
+                                int64_t reduction, int64_t ignore_index, const std::optional<at::Tensor>& normalizer,
+                                bool compute_grad, const std::optional<at::Tensor>& weight) {
+  check_sigmoid_args(input, target, reduction, normalizer);
+  cpu::ForwardArgs args = make_args(input, target, input.sizes(), reduction, compute_grad);
+  args.gamma = gamma;
+  args.ignore_index = ignore_index;
+  cpu::ElementwiseLossArgs loss_args;
+  loss_args.kind = ElementwiseLoss::kVarifocal;
+  loss_args.alpha = alpha;
+  loss_args.iou_weighted = iou_weighted;
+  return elementwise_fwd_cpu(loss_args, std::move(args), input, target, score, weight, std::nullopt, normalizer,
+                             reduction);
+}
+
+LossGradScale quality_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& target,
+                                    const std::optional<at::Tensor>& score, double beta, int64_t reduction,
+                                    int64_t ignore_index, const std::optional<at::Tensor>& normalizer,
+                                    bool compute_grad, const std::optional<at::Tensor>& weight) {
+  check_sigmoid_args(input, target, reduction, normalizer);
+  cpu::ForwardArgs args = make_args(input, target, input.sizes(), reduction, compute_grad);
+  args.gamma = beta;
+  args.ignore_index = ignore_index;
+  cpu::ElementwiseLossArgs loss_args;
+  loss_args.kind = ElementwiseLoss::kQualityFocal;
+  return elementwise_fwd_cpu(loss_args, std::move(args), input, target, score, weight, std::nullopt, normalizer,
+                             reduction);
+}
+
+LossGradScale asymmetric_fwd_cpu(const at::Tensor& input, const at::Tensor& target, double gamma_pos,
+                                 double gamma_neg, double clip, double eps, bool detach_modulation, int64_t reduction,
+                                 int64_t ignore_index, const std::optional<at::Tensor>& normalizer, bool compute_grad,
+                                 const std::optional<at::Tensor>& weight) {
+  check_sigmoid_args(input, target, reduction, normalizer);
+  cpu::ForwardArgs args = make_args(input, target, input.sizes(), reduction, compute_grad);
+  args.gamma = gamma_pos;
+  args.ignore_index = ignore_index;
+  cpu::ElementwiseLossArgs loss_args;
+  loss_args.kind = ElementwiseLoss::kAsymmetric;
+  loss_args.gamma_neg = gamma_neg;
+  loss_args.clip = clip;
+  loss_args.eps = eps;
+  loss_args.detach_modulation = detach_modulation;
+  return elementwise_fwd_cpu(loss_args, std::move(args), input, target, std::nullopt, weight, std::nullopt, normalizer,
+                             reduction);
 }
 
 LossGradScale softmax_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& target,
                                     const std::optional<at::Tensor>& alpha, double gamma, int64_t reduction,
                                     int64_t ignore_index, double label_smoothing,
-                                    const std::optional<at::Tensor>& normalizer, bool compute_grad) {
+                                    const std::optional<at::Tensor>& normalizer, bool compute_grad,
+                                    const std::optional<at::Tensor>& weight, double poly_epsilon) {
   check_softmax_args(input, target, alpha, reduction, normalizer);
+  check_softmax_weight(input, target, weight);
   cpu::ForwardArgs args = make_args(input, target, target.sizes(), reduction, compute_grad);
+  if (weight.has_value()) args.weight = weight->contiguous();
+  args.poly_epsilon = poly_epsilon;
   args.gamma = gamma;
   args.label_smoothing = label_smoothing;
   args.ignore_index = ignore_index;
@@ -140,14 +212,16 @@ void check_prob_range(const at::Tensor& prob) {
 }
 
 LossGradScale binary_focal_fwd_cpu(const at::Tensor& prob, const at::Tensor& target, double alpha, double gamma,
-                                   int64_t reduction, bool compute_grad) {
+                                   int64_t reduction, bool compute_grad, const std::optional<at::Tensor>& weight) {
   check_binary_args(prob, target, reduction);
   check_prob_range(prob);
   cpu::ForwardArgs args = make_args(prob, target, prob.sizes(), reduction, compute_grad);
   args.gamma = gamma;
-  args.grad_scale = mean_grad_scale(reduction, std::nullopt, [&] { return prob.numel(); });
-  const auto sums = FOCAL_CPU_KERNEL(binary_focal_forward, args, alpha);
-  return finish(args, sums, std::nullopt, reduction);
+  cpu::ElementwiseLossArgs loss_args;
+  loss_args.kind = ElementwiseLoss::kBinaryFocal;
+  loss_args.alpha = alpha;
+  return elementwise_fwd_cpu(loss_args, std::move(args), prob, target, std::nullopt, weight, std::nullopt,
+                             std::nullopt, reduction);
 }
 
 }  // namespace
@@ -157,6 +231,9 @@ TORCH_LIBRARY_IMPL(focal_cuda, CPU, m) {
   m.impl("sigmoid_focal_fwd", &focal::sigmoid_focal_fwd_cpu);
   m.impl("softmax_focal_fwd", &focal::softmax_focal_fwd_cpu);
   m.impl("binary_focal_fwd", &focal::binary_focal_fwd_cpu);
+  m.impl("varifocal_fwd", &focal::varifocal_fwd_cpu);
+  m.impl("quality_focal_fwd", &focal::quality_focal_fwd_cpu);
+  m.impl("asymmetric_fwd", &focal::asymmetric_fwd_cpu);
   m.impl("sigmoid_focal_bwd", &focal::elementwise_focal_bwd);
   m.impl("softmax_focal_bwd", &focal::softmax_focal_bwd);
   m.impl("binary_focal_bwd", &focal::elementwise_focal_bwd);

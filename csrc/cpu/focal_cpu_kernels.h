@@ -2,6 +2,8 @@
 // kernels_avx2.cpp and kernels_avx512.cpp on x86-64); the CPU backend picks one at run time.
 #pragma once
 
+#include "../loss_kinds.h"
+
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -26,15 +28,31 @@ struct ForwardArgs {
   double gamma = 2.0;
   double label_smoothing = 0.0;
   int64_t ignore_index = -100;
+  // The focal family (design.md §5); all optional (undefined tensors), in the opmath dtype but score.
+  at::Tensor score;        // class-index targets: the target class's value per row (input dtype)
+  at::Tensor weight;       // see weight_mode
+  WeightMode weight_mode = WeightMode::kNone;
+  at::Tensor class_alpha;  // sigmoid focal: C per-class alphas
+  double poly_epsilon = 0.0;
+};
+
+// The constants of an elementwise loss (ElementwiseLoss, focal_math.h); gamma comes from ForwardArgs.
+struct ElementwiseLossArgs {
+  ElementwiseLoss kind = ElementwiseLoss::kSigmoidFocal;
+  double alpha = -1.0;     // sigmoid / binary focal: < 0 disables; varifocal: the negatives' weight
+  double gamma_neg = 4.0;  // asymmetric (gamma is gamma_pos)
+  double clip = 0.05;      // asymmetric
+  double eps = 1e-8;       // asymmetric
+  bool detach_modulation = true;  // asymmetric
+  bool iou_weighted = true;       // varifocal
 };
 
 #define FOCAL_DECLARE_CPU_KERNELS(NS)                                                                     \
   namespace NS {                                                                                          \
-  /* alpha < 0 disables alpha */                                                                          \
-  ForwardSums sigmoid_focal_forward(const ForwardArgs& args, double alpha);                              \
+  /* every elementwise loss: sigmoid focal, binary focal, varifocal, quality focal, asymmetric */         \
+  ForwardSums elementwise_forward(const ForwardArgs& args, const ElementwiseLossArgs& loss);             \
   /* alpha: undefined or C weights in the opmath dtype */                                                 \
   ForwardSums softmax_focal_forward(const ForwardArgs& args, const at::Tensor& alpha);                   \
-  ForwardSums binary_focal_forward(const ForwardArgs& args, double alpha);                               \
   }
 FOCAL_DECLARE_CPU_KERNELS(base)
 FOCAL_DECLARE_CPU_KERNELS(avx2)

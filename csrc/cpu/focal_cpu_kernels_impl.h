@@ -109,18 +109,30 @@ ForwardSums reduce_blocks(int64_t num_blocks, const BlockFn& fn) {
   return total;
 }
 
-// Applies point(x, t, loss, grad) to a contiguous segment, t given by target_at(offset, count).
-// Writes per-element loss and grad * grad_scale when the pointers are set; adds the losses to loss_acc
-// (one horizontal sum per block, not per segment).
-template <typename scalar_t, typename TargetAt, typename Point>
+// No weight: pointwise_segment skips the multiply at compile time.
+struct NoWeight {};
+
+// Applies point(x, t, j, cnt, loss, grad) to a contiguous segment (j: the lanes' offset in the segment, the
+// class of the first lane for a row), t given by target_at(j, cnt), then multiplies loss and gradient by
+// weight_at(j, cnt) unless it is NoWeight. Writes per-element loss and grad * grad_scale when the pointers are
+// set; adds the losses to loss_acc (one horizontal sum per block, not per segment).
+template <typename scalar_t, typename TargetAt, typename Point, typename WeightAt = NoWeight>
 inline void pointwise_segment(const scalar_t* x, int64_t len, const TargetAt& target_at, const Point& point,
                               scalar_t* loss, scalar_t* grad, const Vectorized<opmath_t<scalar_t>>& grad_scale,
-                              Vectorized<opmath_t<scalar_t>>& loss_acc) {
+                              Vectorized<opmath_t<scalar_t>>& loss_acc, const WeightAt& weight_at = {}) {
   using Vec = Vectorized<opmath_t<scalar_t>>;
+  const auto compute = [&](const Vec& xv, int64_t j, int64_t cnt, Vec& l, Vec& g) {
+    point(xv, target_at(j, cnt), j, cnt, l, g);
+    if constexpr (!std::is_same_v<WeightAt, NoWeight>) {
+      const Vec w = weight_at(j, cnt);
+      l = l * w;
+      g = g * w;
+    }
+  };
   int64_t j = 0;
   for (; j + Vec::size() <= len; j += Vec::size()) {
     Vec l, g;
-    point(load_full(x + j), target_at(j, Vec::size()), l, g);
+    compute(load_full(x + j), j, Vec::size(), l, g);
     if (loss != nullptr) store_full(l, loss + j);
     if (grad != nullptr) store_full(g * grad_scale, grad + j);
     loss_acc += l;
@@ -128,7 +140,7 @@ inline void pointwise_segment(const scalar_t* x, int64_t len, const TargetAt& ta
   if (j < len) {
     const int64_t cnt = len - j;
     Vec l, g;
-    point(load_opmath(x + j, cnt), target_at(j, cnt), l, g);
+    compute(load_opmath(x + j, cnt), j, cnt, l, g);
     if (loss != nullptr) store_opmath(l, loss + j, cnt);
     if (grad != nullptr) store_opmath(g * grad_scale, grad + j, cnt);
     loss_acc += Vec::set(Vec(0), l, cnt);  // padded lanes are not data
@@ -140,9 +152,10 @@ inline scalar_t* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<scalar_t>() : nullptr;
 }
 
-// Elementwise losses with a dense target of the input's shape (sigmoid dense, binary).
+// Elementwise losses with a dense target of the input's shape in flat blocks (no per-row or per-class
+// inputs); `weight`: per element, or null.
 template <typename scalar_t, typename Point>
-ForwardSums dense_pointwise_forward(const ForwardArgs& args, const Point& point) {
+ForwardSums dense_pointwise_forward(const ForwardArgs& args, const Point& point, const opmath_t<scalar_t>* weight) {
   using Vec = Vectorized<opmath_t<scalar_t>>;
   const int64_t n = args.input.numel();
   const scalar_t* x = args.input.data_ptr<scalar_t>();
@@ -155,8 +168,14 @@ ForwardSums dense_pointwise_forward(const ForwardArgs& args, const Point& point)
     const int64_t len = std::min(kBlock, n - begin);
     const auto target_at = [&](int64_t j, int64_t cnt) { return load_opmath(t + begin + j, cnt); };
     Vec acc(0);
-    pointwise_segment(x + begin, len, target_at, point, loss ? loss + begin : nullptr, grad ? grad + begin : nullptr,
-                      grad_scale, acc);
+    scalar_t* loss_block = loss ? loss + begin : nullptr;
+    scalar_t* grad_block = grad ? grad + begin : nullptr;
+    if (weight == nullptr) {
+      pointwise_segment(x + begin, len, target_at, point, loss_block, grad_block, grad_scale, acc);
+    } else {
+      const auto weight_at = [&](int64_t j, int64_t cnt) { return Vec::loadu(weight + begin + j, cnt); };
+      pointwise_segment(x + begin, len, target_at, point, loss_block, grad_block, grad_scale, acc, weight_at);
+    }
     return ForwardSums{static_cast<double>(sum_lanes(acc)), 0};
   });
   sums.count = n;
@@ -192,66 +211,129 @@ ForwardSums class_rows_forward(const ForwardArgs& args, int64_t rows, int64_t C,
   });
 }
 
-// ---- sigmoid ---------------------------------------------------------------------------------------------
+// ---- elementwise losses: sigmoid focal, binary focal, varifocal, quality focal, asymmetric -------------------
 
-template <typename scalar_t>
-ForwardSums sigmoid_focal_forward_typed(const ForwardArgs& args, double alpha_value) {
+// Rows of C (the last dim) for the elementwise losses that need the row or class of an element: class-index
+// targets (one-hot at target[r], times the row's score; C is background, ignore_index rows are zero and not
+// counted), per-row or per-class weights, per-class alpha.
+template <typename scalar_t, typename Point>
+ForwardSums elementwise_rows_forward(const ForwardArgs& args, const Point& point) {
   using op_t = opmath_t<scalar_t>;
   using Vec = Vectorized<op_t>;
-  const auto alpha = AlphaWeight<Vec>::from(alpha_value);
-  const Vec gamma(static_cast<op_t>(args.gamma));
-  const Vec smoothing(static_cast<op_t>(args.label_smoothing));
-  return dispatch_gamma(args.gamma, [&](auto g) {
-    constexpr int G = decltype(g)::value;
-    const auto point = [&](const Vec& x, const Vec& t, Vec& l, Vec& gr) {
-      sigmoid_focal_point<G>(x, smooth_binary_target(t, smoothing), alpha, gamma, l, gr);
-    };
-    if (args.target.scalar_type() != at::kLong) return dense_pointwise_forward<scalar_t>(args, point);
+  const int64_t C = args.input.dim() == 0 ? 1 : args.input.size(-1);
+  const int64_t rows = C == 0 ? 0 : args.input.numel() / C;
+  const bool index_target = args.target.scalar_type() == at::kLong;
+  const scalar_t* x = args.input.data_ptr<scalar_t>();
+  const scalar_t* dense_target = index_target ? nullptr : args.target.data_ptr<scalar_t>();
+  const scalar_t* score = args.score.defined() ? args.score.data_ptr<scalar_t>() : nullptr;
+  const op_t* weight = args.weight.defined() ? args.weight.data_ptr<op_t>() : nullptr;
+  scalar_t* loss = data_or_null<scalar_t>(args.loss_none);
+  scalar_t* grad = data_or_null<scalar_t>(args.grad);
+  const Vec grad_scale(static_cast<op_t>(args.grad_scale));
 
-    // Class-index targets: row r is one-hot at target[r]; target == C is background (all negative).
-    // A whole block is one group: one loss accumulator and one horizontal sum per block.
-    const int64_t C = args.input.size(-1);
-    const int64_t rows = C == 0 ? 0 : args.input.numel() / C;
-    const scalar_t* x = args.input.data_ptr<scalar_t>();
-    scalar_t* loss = data_or_null<scalar_t>(args.loss_none);
-    scalar_t* grad = data_or_null<scalar_t>(args.grad);
-    const Vec grad_scale(static_cast<op_t>(args.grad_scale));
-    const int64_t group_rows = std::max<int64_t>(1, kBlock / std::max<int64_t>(C, 1));
-    ForwardSums sums = class_rows_forward(args, rows, C, /*max_target=*/C, group_rows,
-                                          [&](int64_t r0, int64_t n, const int64_t* tgt) -> double {
-      Vec acc(0);
-      for (int64_t i = 0; i < n; ++i) {
-        scalar_t* loss_row = loss ? loss + (r0 + i) * C : nullptr;
-        scalar_t* grad_row = grad ? grad + (r0 + i) * C : nullptr;
-        if (tgt[i] == args.ignore_index) {
-          if (loss_row != nullptr) std::fill_n(loss_row, C, scalar_t(0));
-          if (grad_row != nullptr) std::fill_n(grad_row, C, scalar_t(0));
-          continue;
-        }
-        const Vec target_id(static_cast<op_t>(tgt[i]));
-        const auto target_at = [&](int64_t j, int64_t) { return onehot(lane_ids<Vec>(j), target_id); };
-        pointwise_segment(x + (r0 + i) * C, C, target_at, point, loss_row, grad_row, grad_scale, acc);
+  // One row; tgt: its class index (class-index targets only). Ignored rows are handled by the caller.
+  const auto row_forward = [&](int64_t r, int64_t tgt, Vec& acc) {
+    scalar_t* loss_row = loss ? loss + r * C : nullptr;
+    scalar_t* grad_row = grad ? grad + r * C : nullptr;
+    const Vec target_id(static_cast<op_t>(tgt)), q(score ? static_cast<op_t>(score[r]) : op_t(1));
+    const auto target_at = [&](int64_t j, int64_t cnt) {
+      return index_target ? onehot(lane_ids<Vec>(j), target_id) * q : load_opmath(dense_target + r * C + j, cnt);
+    };
+    const auto weight_at = [&](int64_t j, int64_t cnt) {
+      switch (args.weight_mode) {
+        case WeightMode::kRow: return Vec(weight[r]);
+        case WeightMode::kClass: return Vec::loadu(weight + j, cnt);
+        default: return Vec::loadu(weight + r * C + j, cnt);
       }
-      return static_cast<double>(sum_lanes(acc));
+    };
+    if (weight == nullptr) {
+      pointwise_segment(x + r * C, C, target_at, point, loss_row, grad_row, grad_scale, acc);
+    } else {
+      pointwise_segment(x + r * C, C, target_at, point, loss_row, grad_row, grad_scale, acc, weight_at);
+    }
+  };
+  const int64_t group_rows = std::max<int64_t>(1, kBlock / std::max<int64_t>(C, 1));
+  if (!index_target) {
+    ForwardSums sums = reduce_blocks(at::divup(rows, group_rows), [&](int64_t b) {
+      Vec acc(0);
+      for (int64_t r = b * group_rows; r < std::min(rows, (b + 1) * group_rows); ++r) row_forward(r, -1, acc);
+      return ForwardSums{static_cast<double>(sum_lanes(acc)), 0};
     });
-    sums.count *= C;  // every element of a counted row counts
+    sums.count = args.input.numel();
     return sums;
+  }
+  // A whole block is one group: one loss accumulator and one horizontal sum per block.
+  ForwardSums sums = class_rows_forward(args, rows, C, /*max_target=*/C, group_rows,
+                                        [&](int64_t r0, int64_t n, const int64_t* tgt) -> double {
+    Vec acc(0);
+    for (int64_t i = 0; i < n; ++i) {
+      if (tgt[i] == args.ignore_index) {
+        if (loss != nullptr) std::fill_n(loss + (r0 + i) * C, C, scalar_t(0));
+        if (grad != nullptr) std::fill_n(grad + (r0 + i) * C, C, scalar_t(0));
+        continue;
+      }
+      row_forward(r0 + i, tgt[i], acc);
+    }
+    return static_cast<double>(sum_lanes(acc));
   });
+  sums.count *= C;  // every element of a counted row counts
+  return sums;
 }
 
-// ---- binary on probabilities ------------------------------------------------------------------------------
+template <typename scalar_t, typename Point>
+ForwardSums elementwise_traverse(const ForwardArgs& args, const Point& point) {
+  const bool flat = args.target.scalar_type() != at::kLong && !args.class_alpha.defined() &&
+                    (args.weight_mode == WeightMode::kNone || args.weight_mode == WeightMode::kElement);
+  if (!flat) return elementwise_rows_forward<scalar_t>(args, point);
+  using op_t = opmath_t<scalar_t>;
+  return dense_pointwise_forward<scalar_t>(args, point, args.weight.defined() ? args.weight.data_ptr<op_t>() : nullptr);
+}
 
+// The point functor of each loss, on SIMD vectors: (x, t, first lane's class j, lanes cnt) -> loss, grad.
 template <typename scalar_t>
-ForwardSums binary_focal_forward_typed(const ForwardArgs& args, double alpha_value) {
-  using Vec = Vectorized<opmath_t<scalar_t>>;
-  const auto alpha = AlphaWeight<Vec>::from(alpha_value);
-  const Vec gamma(static_cast<opmath_t<scalar_t>>(args.gamma));
-  return dispatch_gamma(args.gamma, [&](auto g) {
-    constexpr int G = decltype(g)::value;
-    const auto point = [&](const Vec& p, const Vec& t, Vec& l, Vec& gr) {
-      binary_focal_point<G>(p, t, alpha, gamma, l, gr);
-    };
-    return dense_pointwise_forward<scalar_t>(args, point);
+ForwardSums elementwise_forward_typed(const ForwardArgs& args, const ElementwiseLossArgs& la) {
+  using op_t = opmath_t<scalar_t>;
+  using Vec = Vectorized<op_t>;
+  const Vec gamma(static_cast<op_t>(args.gamma));
+  if (la.kind == ElementwiseLoss::kAsymmetric) {
+    const AsymmetricParams<Vec> prm{gamma, Vec(static_cast<op_t>(la.gamma_neg)), Vec(static_cast<op_t>(la.clip)),
+                                    Vec(static_cast<op_t>(la.eps)), la.detach_modulation};
+    return elementwise_traverse<scalar_t>(args, [&](const Vec& x, const Vec& t, int64_t, int64_t, Vec& l, Vec& g) {
+      asymmetric_point(x, t, prm, l, g);
+    });
+  }
+  const auto alpha = AlphaWeight<Vec>::from(la.alpha);
+  const op_t* class_alpha = args.class_alpha.defined() ? args.class_alpha.data_ptr<op_t>() : nullptr;
+  const Vec smoothing(static_cast<op_t>(args.label_smoothing)), poly(static_cast<op_t>(args.poly_epsilon));
+  const Vec varifocal_alpha(static_cast<op_t>(la.alpha));
+  return dispatch_gamma(args.gamma, [&](auto gamma_tag) {
+    constexpr int G = decltype(gamma_tag)::value;
+    switch (la.kind) {
+      case ElementwiseLoss::kSigmoidFocal:
+        return elementwise_traverse<scalar_t>(args, [&](const Vec& x, const Vec& t, int64_t j, int64_t cnt, Vec& l,
+                                                        Vec& g) {
+          AlphaWeight<Vec> a = alpha;
+          if (class_alpha != nullptr) {
+            const Vec ac = Vec::loadu(class_alpha + j, cnt);
+            a = AlphaWeight<Vec>{Vec(1) - ac, Vec(2) * ac - Vec(1)};
+          }
+          sigmoid_focal_point<G>(x, smooth_binary_target(t, smoothing), a, gamma, l, g, poly);
+        });
+      case ElementwiseLoss::kBinaryFocal:
+        return elementwise_traverse<scalar_t>(args, [&](const Vec& p, const Vec& t, int64_t, int64_t, Vec& l, Vec& g) {
+          binary_focal_point<G>(p, t, alpha, gamma, l, g);
+        });
+      case ElementwiseLoss::kVarifocal:
+        return elementwise_traverse<scalar_t>(args, [&](const Vec& x, const Vec& q, int64_t, int64_t, Vec& l, Vec& g) {
+          varifocal_point<G>(x, q, varifocal_alpha, gamma, la.iou_weighted, l, g);
+        });
+      case ElementwiseLoss::kQualityFocal:
+        return elementwise_traverse<scalar_t>(args, [&](const Vec& x, const Vec& y, int64_t, int64_t, Vec& l, Vec& g) {
+          quality_focal_point<G>(x, y, gamma, l, g);
+        });
+      default:
+        TORCH_CHECK(false, "elementwise forward: unknown loss kind ", static_cast<int>(la.kind));
+    }
   });
 }
 
@@ -270,7 +352,8 @@ inline SmoothedTarget<T> smoothed_target(double s, int64_t C) {
 }
 
 // Per-lane target data of up to Vec::size() rows or positions: lane k holds the target class, whether it
-// counts (not ignored, not padding), alpha of the target class and the logit at the target class.
+// counts (not ignored, not padding), alpha of the target class, the logit at the target class and the
+// row's weight (row_weight[first_row + k], or 1).
 template <typename Vec>
 struct LaneTargets {
   using T = typename Vec::value_type;
@@ -278,10 +361,12 @@ struct LaneTargets {
   __at_align__ T valid[Vec::size()] = {};
   __at_align__ T alpha[Vec::size()] = {};
   __at_align__ T x_t[Vec::size()] = {};
+  __at_align__ T weight[Vec::size()] = {};
 
   // target_of(k) gives lane k's class index, x_of(k, c) its logit at class c.
   template <typename TargetOf, typename XOf>
-  LaneTargets(int64_t lanes, int64_t ignore_index, const T* alpha_c, const TargetOf& target_of, const XOf& x_of) {
+  LaneTargets(int64_t lanes, int64_t ignore_index, const T* alpha_c, const T* row_weight, int64_t first_row,
+              const TargetOf& target_of, const XOf& x_of) {
     for (int64_t k = 0; k < Vec::size(); ++k) alpha[k] = T(1);
     for (int64_t k = 0; k < lanes; ++k) {
       const int64_t tgt = target_of(k);
@@ -290,9 +375,11 @@ struct LaneTargets {
       valid[k] = T(1);
       alpha[k] = alpha_c ? alpha_c[tgt] : T(1);
       x_t[k] = x_of(k, tgt);
+      weight[k] = row_weight ? row_weight[first_row + k] : T(1);
     }
   }
   auto valid_mask() const { return Vec::loadu(valid) != Vec(0); }
+  Vec weights() const { return Vec::loadu(weight); }
 };
 
 // Loss and gradient coefficients of up to Vec::size() softmax rows or positions (lane k = one of them), from
@@ -300,13 +387,14 @@ struct LaneTargets {
 // loss and coeff come from the per-class terms the caller adds up (see softmax_rows_forward).
 template <int G, typename Vec>
 inline void softmax_hard_target_lanes(const LaneTargets<Vec>& lanes, const Vec& row_max, const Vec& log_sum,
-                                      const Vec& gamma, const Vec& grad_scale, Vec& loss, Vec& coeff) {
+                                      const Vec& gamma, const Vec& poly, const Vec& grad_scale, Vec& loss, Vec& coeff) {
   Vec weighted_logp, h;
   softmax_focal_class_terms<G>(log_softmax_value(Vec::loadu(lanes.x_t), row_max, log_sum), Vec::loadu(lanes.alpha),
-                               gamma, weighted_logp, h);
+                               gamma, weighted_logp, h, poly);
   const auto valid = lanes.valid_mask();
-  loss = fm_select(valid, Vec(0) - weighted_logp, Vec(0));
-  coeff = fm_select(valid, h * grad_scale, Vec(0));  // ignored rows get an all-zero gradient
+  const Vec w = lanes.weights();
+  loss = fm_select(valid, (Vec(0) - weighted_logp) * w, Vec(0));
+  coeff = fm_select(valid, h * grad_scale * w, Vec(0));  // ignored rows get an all-zero gradient
 }
 
 // Softmax over rows of C contiguous classes (input (N, C) or unbatched (C,)). Up to Vec::size() rows go
@@ -321,8 +409,9 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
   const scalar_t* x_all = args.input.data_ptr<scalar_t>();
   scalar_t* loss_out = data_or_null<scalar_t>(args.loss_none);
   scalar_t* grad_all = data_or_null<scalar_t>(args.grad);
-  const Vec gamma(static_cast<op_t>(args.gamma));
+  const Vec gamma(static_cast<op_t>(args.gamma)), poly(static_cast<op_t>(args.poly_epsilon));
   const Vec grad_scale(static_cast<op_t>(args.grad_scale));
+  const op_t* row_weight = args.weight.defined() ? args.weight.data_ptr<op_t>() : nullptr;
   const bool smoothing = args.label_smoothing > 0;
   const auto q = smoothed_target<op_t>(args.label_smoothing, C);
   const op_t neg_inf = -std::numeric_limits<op_t>::infinity();
@@ -375,14 +464,14 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
     __at_align__ op_t inv_sum_of[L];
     (Vec(1) / sum_exp).store(inv_sum_of);
 
-    const LaneTargets<Vec> lanes(n, args.ignore_index, alpha, [&](int64_t i) { return tgt[i]; },
+    const LaneTargets<Vec> lanes(n, args.ignore_index, alpha, row_weight, r0, [&](int64_t i) { return tgt[i]; },
                                  [&](int64_t i, int64_t c) { return static_cast<op_t>(x[i * C + c]); });
     Vec row_loss;
     __at_align__ op_t coeff_of[L];  // hard targets: h_t * grad_scale (0 for ignored rows)
     op_t* class_qh = nullptr;       // smoothed targets: q_c h_c per class, row after row
     if (!smoothing) {
       Vec coeff;
-      softmax_hard_target_lanes<G>(lanes, row_max, log_sum, gamma, grad_scale, row_loss, coeff);
+      softmax_hard_target_lanes<G>(lanes, row_max, log_sum, gamma, poly, grad_scale, row_loss, coeff);
       coeff.store(coeff_of);
     } else {
       // Every class contributes: loss_row = -sum_c q_c w_c, grad_j = (p_j sum_c q_c h_c - q_j h_j) * scale.
@@ -398,7 +487,7 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
           const int64_t cnt = std::min<int64_t>(L, C - j);
           Vec weighted_logp, h;
           softmax_focal_class_terms<G>(log_softmax_value(load_opmath(row + j, cnt), m, ls),
-                                       alpha ? Vec::loadu(alpha + j, cnt) : Vec(1), gamma, weighted_logp, h);
+                                       alpha ? Vec::loadu(alpha + j, cnt) : Vec(1), gamma, weighted_logp, h, poly);
           const Vec qv = Vec::blendv(Vec(q.off), Vec(q.on), lane_ids<Vec>(j) == target_id);
           // padded lanes (x = 0 past the row) can give NaN terms: drop them, not multiply by 0
           partial[i] += Vec::set(Vec(0), qv * weighted_logp, cnt);
@@ -407,7 +496,7 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
         }
       }
       const auto valid = lanes.valid_mask();
-      row_loss = fm_select(valid, Vec(0) - reduce_each(partial, add_op), Vec(0));
+      row_loss = fm_select(valid, (Vec(0) - reduce_each(partial, add_op)) * lanes.weights(), Vec(0));
       fm_select(valid, reduce_each(qh_partial, add_op), Vec(0)).store(coeff_of);
     }
 
@@ -417,7 +506,7 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
         const op_t* e_row = shifted_exp + i * C;
         const Vec coeff(coeff_of[i]), inv_sum(inv_sum_of[i]), target_id(lanes.id[i]);
         // ignored rows: coeff = 0 and scale 0 below, so their gradient is 0 (p and q h are finite)
-        const Vec scale = lanes.valid[i] != op_t(0) ? grad_scale : Vec(0);
+        const Vec scale = lanes.valid[i] != op_t(0) ? grad_scale * Vec(lanes.weight[i]) : Vec(0);
         for (int64_t j = 0; j < C; j += L) {
           const int64_t cnt = std::min<int64_t>(L, C - j);
           const Vec p = Vec::loadu(e_row + j, cnt) * inv_sum;
@@ -452,8 +541,9 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
   const int64_t* target_all = args.target.data_ptr<int64_t>();
   scalar_t* loss = data_or_null<scalar_t>(args.loss_none);
   scalar_t* grad_all = data_or_null<scalar_t>(args.grad);
-  const Vec gamma(static_cast<op_t>(args.gamma));
+  const Vec gamma(static_cast<op_t>(args.gamma)), poly(static_cast<op_t>(args.poly_epsilon));
   const Vec grad_scale(static_cast<op_t>(args.grad_scale));
+  const op_t* row_weight = args.weight.defined() ? args.weight.data_ptr<op_t>() : nullptr;
   const bool smoothing = args.label_smoothing > 0;
   const auto q = smoothed_target<op_t>(args.label_smoothing, C);
   const op_t neg_inf = -std::numeric_limits<op_t>::infinity();
@@ -491,7 +581,7 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
     for (int64_t v = 0; v < vecs; ++v) {
       const int64_t cnt = std::min(L, len - v * L);
       const int64_t pos = n * S + s_begin + v * L;
-      const LaneTargets<Vec> lanes(cnt, args.ignore_index, alpha, [&](int64_t k) {
+      const LaneTargets<Vec> lanes(cnt, args.ignore_index, alpha, row_weight, pos, [&](int64_t k) {
         const int64_t tgt = target_all[pos + k];
         TORCH_CHECK(tgt == args.ignore_index || (tgt >= 0 && tgt < C), "target: class index ", tgt, " at position ",
                     pos + k, " is out of range; expected 0 <= target < ", C, " or ignore_index (", args.ignore_index,
@@ -505,21 +595,21 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
       const auto valid = lanes.valid_mask();
       Vec lane_loss;
       if (!smoothing) {
-        softmax_hard_target_lanes<G>(lanes, vmax[v], log_sum, gamma, grad_scale, lane_loss, coeff[v]);
+        softmax_hard_target_lanes<G>(lanes, vmax[v], log_sum, gamma, poly, grad_scale, lane_loss, coeff[v]);
       } else {
         Vec loss_sum(0), qh_sum(0);
         for (int64_t c = 0; c < C; ++c) {
           Vec weighted_logp, h;
           softmax_focal_class_terms<G>(log_softmax_value(load_at(c, v), vmax[v], log_sum),
-                                       Vec(alpha ? alpha[c] : op_t(1)), gamma, weighted_logp, h);
+                                       Vec(alpha ? alpha[c] : op_t(1)), gamma, weighted_logp, h, poly);
           const Vec qv = Vec::blendv(Vec(q.off), Vec(q.on), target_id[v] == Vec(static_cast<op_t>(c)));
           loss_sum += qv * weighted_logp;
           qh_sum += qv * h;
           if (class_qh != nullptr) (qv * h).store(class_qh + c * chunk + v * L);
         }
-        lane_loss = fm_select(valid, Vec(0) - loss_sum, Vec(0));
+        lane_loss = fm_select(valid, (Vec(0) - loss_sum) * lanes.weights(), Vec(0));
         coeff[v] = qh_sum;
-        scale[v] = fm_select(valid, grad_scale, Vec(0));
+        scale[v] = fm_select(valid, grad_scale * lanes.weights(), Vec(0));
       }
       if (loss != nullptr) store_opmath(lane_loss, loss + pos, cnt);
       loss_acc += Vec::set(Vec(0), lane_loss, cnt);
@@ -562,19 +652,14 @@ ForwardSums softmax_focal_forward_typed(const ForwardArgs& args, const at::Tenso
 
 }  // namespace
 
-ForwardSums sigmoid_focal_forward(const ForwardArgs& args, double alpha) {
-  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.input.scalar_type(), "sigmoid_focal_fwd",
-                                         [&] { return sigmoid_focal_forward_typed<scalar_t>(args, alpha); });
+ForwardSums elementwise_forward(const ForwardArgs& args, const ElementwiseLossArgs& loss) {
+  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.input.scalar_type(), "focal_elementwise_fwd",
+                                         [&] { return elementwise_forward_typed<scalar_t>(args, loss); });
 }
 
 ForwardSums softmax_focal_forward(const ForwardArgs& args, const at::Tensor& alpha) {
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.input.scalar_type(), "softmax_focal_fwd",
                                          [&] { return softmax_focal_forward_typed<scalar_t>(args, alpha); });
-}
-
-ForwardSums binary_focal_forward(const ForwardArgs& args, double alpha) {
-  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.input.scalar_type(), "binary_focal_fwd",
-                                         [&] { return binary_focal_forward_typed<scalar_t>(args, alpha); });
 }
 
 }  // namespace focal::cpu::FOCAL_CPU_NS

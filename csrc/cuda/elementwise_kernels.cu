@@ -1,19 +1,24 @@
-// Elementwise forward kernels: sigmoid focal loss (dense targets or one class index per row) and binary
-// focal loss on probabilities, and the backward kernel that applies grad_output. One grid-stride pass
-// computes loss and gradient with 128-bit accesses when every pointer is 16-byte aligned; a scalar loop
+// Elementwise forward kernels (sigmoid focal, binary focal, varifocal, quality focal, asymmetric: one
+// traversal, one point functor per loss), and the backward kernel that applies grad_output. One grid-stride
+// pass computes loss and gradient with 128-bit accesses when every pointer is 16-byte aligned; a scalar loop
 // takes the tail (and everything, when unaligned). One launch per pass (finish_forward_block).
 #include "kernels_common.cuh"
 
 namespace focal::cuda {
 namespace {
 
+// Point functors: (logit or prob x, target t, class col) -> loss, d loss / d x, from focal_math.h.
 template <int G, typename T>
 struct SigmoidPoint {
   AlphaWeight<T> alpha;
+  const T* class_alpha;  // per-class alpha, or null
   T gamma;
   T smoothing;
-  __device__ __forceinline__ void operator()(T x, T t, T& loss, T& grad) const {
-    sigmoid_focal_point<G>(x, smooth_binary_target(t, smoothing), alpha, gamma, loss, grad);
+  T poly;
+  __device__ __forceinline__ void operator()(T x, T t, int64_t col, T& loss, T& grad) const {
+    const AlphaWeight<T> a = class_alpha != nullptr ? AlphaWeight<T>{T(1) - class_alpha[col], T(2) * class_alpha[col] - T(1)}
+                                                    : alpha;
+    sigmoid_focal_point<G>(x, smooth_binary_target(t, smoothing), a, gamma, loss, grad, poly);
   }
 };
 
@@ -21,53 +26,38 @@ template <int G, typename T>
 struct BinaryPoint {
   AlphaWeight<T> alpha;
   T gamma;
-  __device__ __forceinline__ void operator()(T p, T t, T& loss, T& grad) const {
+  __device__ __forceinline__ void operator()(T p, T t, int64_t, T& loss, T& grad) const {
     // NaN passes (and propagates), as on CPU.
     CUDA_KERNEL_ASSERT(!(p < T(0) || p > T(1)) && "prob: expected values in [0, 1]");
     binary_focal_point<G>(p, t, alpha, gamma, loss, grad);
   }
 };
 
-// Dense target of the input's shape. loss / grad may each be null.
-template <typename scalar_t, typename Point>
-__global__ void __launch_bounds__(kThreads)
-    dense_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ t, scalar_t* __restrict__ loss,
-                         scalar_t* __restrict__ grad, int64_t n, bool vectorized, Point point,
-                         ReductionBuffers reduce) {
-  using op_t = opmath_t<scalar_t>;
-  constexpr int V = vector_width<scalar_t>();
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  op_t acc(0);
-  int64_t tail_begin = 0;
-  if (vectorized) {
-    const int64_t n_vec = n / V;
-    for (int64_t v = tid; v < n_vec; v += stride) {
-      const Vector<scalar_t> xv = load_vector(x + v * V);
-      const Vector<scalar_t> tv = load_vector(t + v * V);
-      Vector<scalar_t> lv, gv;
-#pragma unroll
-      for (int k = 0; k < V; ++k) {
-        op_t l, g;
-        point(static_cast<op_t>(xv.val[k]), static_cast<op_t>(tv.val[k]), l, g);
-        lv.val[k] = static_cast<scalar_t>(l);
-        gv.val[k] = static_cast<scalar_t>(g);
-        acc += l;
-      }
-      if (loss != nullptr) store_vector(loss + v * V, lv);
-      if (grad != nullptr) store_vector(grad + v * V, gv);
-    }
-    tail_begin = n_vec * V;
+template <int G, typename T>
+struct VarifocalPoint {
+  T alpha;
+  T gamma;
+  bool iou_weighted;
+  __device__ __forceinline__ void operator()(T x, T q, int64_t, T& loss, T& grad) const {
+    varifocal_point<G>(x, q, alpha, gamma, iou_weighted, loss, grad);
   }
-  for (int64_t i = tail_begin + tid; i < n; i += stride) {
-    op_t l, g;
-    point(static_cast<op_t>(x[i]), static_cast<op_t>(t[i]), l, g);
-    if (loss != nullptr) loss[i] = static_cast<scalar_t>(l);
-    if (grad != nullptr) grad[i] = static_cast<scalar_t>(g);
-    acc += l;
+};
+
+template <int G, typename T>
+struct QualityFocalPoint {
+  T beta;
+  __device__ __forceinline__ void operator()(T x, T y, int64_t, T& loss, T& grad) const {
+    quality_focal_point<G>(x, y, beta, loss, grad);
   }
-  finish_forward_block<kThreads, scalar_t>(static_cast<double>(acc), 0.0, reduce);
-}
+};
+
+template <typename T>
+struct AsymmetricPoint {
+  AsymmetricParams<T> params;
+  __device__ __forceinline__ void operator()(T x, T t, int64_t, T& loss, T& grad) const {
+    asymmetric_point(x, t, params, loss, grad);
+  }
+};
 
 // Whether a row with class-index target `tgt` counts: not ignored, and 0 <= tgt <= C (C: background).
 __device__ __forceinline__ bool sigmoid_row_counted(int64_t tgt, int64_t C, int64_t ignore_index) {
@@ -77,63 +67,117 @@ __device__ __forceinline__ bool sigmoid_row_counted(int64_t tgt, int64_t C, int6
   return true;
 }
 
-// Class-index targets: element (row, col) of the (rows, C) input is positive iff col == target[row]; a row's
-// target is read once per row change, never expanded to a one-hot tensor. Ignored rows: loss 0, grad 0.
+// The inputs of one elementwise launch (ElementwiseParams, typed).
+template <typename scalar_t>
+struct ElementwiseInputs {
+  using op_t = opmath_t<scalar_t>;
+  const scalar_t* x;
+  const scalar_t* dense_target;  // or null
+  const int64_t* index_target;   // or null
+  const scalar_t* score;         // or null
+  const op_t* weight;            // or null
+  WeightMode weight_mode;
+  int64_t n;
+  int64_t C;
+  int64_t ignore_index;
+  bool track_rows;  // row / column needed: class-index targets, row or class weights, per-class alpha
+  bool vectorized;
+};
+
+// Element (row, col) of the (rows, C) input. Class-index targets make element (row, col) positive (with the
+// row's score, or 1) iff col == target[row]; a row's target, score and weight are read once per row, never
+// expanded to full-size tensors. Ignored rows: loss 0, grad 0, not counted. loss / grad may each be null.
 template <typename scalar_t, typename Point>
 __global__ void __launch_bounds__(kThreads)
-    index_forward_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
-                         scalar_t* __restrict__ loss, scalar_t* __restrict__ grad, int64_t n, int64_t C,
-                         int64_t ignore_index, bool vectorized, Point point, ReductionBuffers reduce) {
+    elementwise_forward_kernel(ElementwiseInputs<scalar_t> in, scalar_t* __restrict__ loss,
+                               scalar_t* __restrict__ grad, Point point, ReductionBuffers reduce) {
   using op_t = opmath_t<scalar_t>;
   constexpr int V = vector_width<scalar_t>();
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   op_t acc(0);
   int64_t count = 0;
-  // Loss and gradient of element `col` of a row with target tgt.
-  const auto element = [&](op_t xv, int64_t col, int64_t tgt, bool counted, op_t& l, op_t& g) {
-    if (counted) {
-      point(xv, col == tgt ? op_t(1) : op_t(0), l, g);
-      acc += l;
-      ++count;
-    } else {
-      l = op_t(0);
-      g = op_t(0);
-    }
+
+  // What the current row contributes to each of its elements.
+  struct Row {
+    int64_t index = 0;
+    int64_t target = -1;
+    bool counted = true;
+    op_t q = op_t(1);
+    op_t weight = op_t(1);
   };
+  const auto enter_row = [&](int64_t r, Row& row) {
+    row.index = r;
+    if (in.index_target != nullptr) {
+      row.target = in.index_target[r];
+      row.counted = sigmoid_row_counted(row.target, in.C, in.ignore_index);
+      row.q = in.score != nullptr ? static_cast<op_t>(in.score[r]) : op_t(1);
+    }
+    if (in.weight_mode == WeightMode::kRow) row.weight = in.weight[r];
+  };
+  const auto element = [&](op_t xv, op_t tv, int64_t i, int64_t col, const Row& row, op_t& l, op_t& g) {
+    if (in.index_target != nullptr) {
+      if (!row.counted) {
+        l = op_t(0);
+        g = op_t(0);
+        return;
+      }
+      tv = col == row.target ? row.q : op_t(0);
+      ++count;
+    }
+    point(xv, tv, col, l, g);
+    if (in.weight_mode != WeightMode::kNone) {
+      const op_t w = in.weight_mode == WeightMode::kRow     ? row.weight
+                     : in.weight_mode == WeightMode::kClass ? in.weight[col]
+                                                            : in.weight[i];
+      l *= w;
+      g *= w;
+    }
+    acc += l;
+  };
+
   int64_t tail_begin = 0;
-  if (vectorized) {
-    const int64_t n_vec = n / V;
+  if (in.vectorized) {
+    const int64_t n_vec = in.n / V;
     for (int64_t v = tid; v < n_vec; v += stride) {
-      int64_t row = (v * V) / C;
-      int64_t col = v * V - row * C;
-      int64_t tgt = target[row];
-      bool counted = sigmoid_row_counted(tgt, C, ignore_index);
-      const Vector<scalar_t> xv = load_vector(x + v * V);
+      const int64_t base = v * V;
+      Row row;
+      int64_t col = 0;
+      if (in.track_rows) {
+        enter_row(base / in.C, row);
+        col = base - row.index * in.C;
+      }
+      const Vector<scalar_t> xv = load_vector(in.x + base);
+      Vector<scalar_t> tv;
+      if (in.dense_target != nullptr) tv = load_vector(in.dense_target + base);
       Vector<scalar_t> lv, gv;
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        if (k > 0 && ++col == C) {  // the vector crosses into the next row (which exists: element v*V+k does)
+        if (in.track_rows && k > 0 && ++col == in.C) {  // the vector crosses into the next row (which exists)
           col = 0;
-          ++row;
-          tgt = target[row];
-          counted = sigmoid_row_counted(tgt, C, ignore_index);
+          enter_row(row.index + 1, row);
         }
         op_t l, g;
-        element(static_cast<op_t>(xv.val[k]), col, tgt, counted, l, g);
+        element(static_cast<op_t>(xv.val[k]), in.dense_target != nullptr ? static_cast<op_t>(tv.val[k]) : op_t(0),
+                base + k, col, row, l, g);
         lv.val[k] = static_cast<scalar_t>(l);
         gv.val[k] = static_cast<scalar_t>(g);
       }
-      if (loss != nullptr) store_vector(loss + v * V, lv);
-      if (grad != nullptr) store_vector(grad + v * V, gv);
+      if (loss != nullptr) store_vector(loss + base, lv);
+      if (grad != nullptr) store_vector(grad + base, gv);
     }
     tail_begin = n_vec * V;
   }
-  for (int64_t i = tail_begin + tid; i < n; i += stride) {
-    const int64_t row = i / C;
-    const int64_t tgt = target[row];
+  for (int64_t i = tail_begin + tid; i < in.n; i += stride) {
+    Row row;
+    int64_t col = 0;
+    if (in.track_rows) {
+      enter_row(i / in.C, row);
+      col = i - row.index * in.C;
+    }
     op_t l, g;
-    element(static_cast<op_t>(x[i]), i - row * C, tgt, sigmoid_row_counted(tgt, C, ignore_index), l, g);
+    element(static_cast<op_t>(in.x[i]), in.dense_target != nullptr ? static_cast<op_t>(in.dense_target[i]) : op_t(0),
+            i, col, row, l, g);
     if (loss != nullptr) loss[i] = static_cast<scalar_t>(l);
     if (grad != nullptr) grad[i] = static_cast<scalar_t>(g);
   }
@@ -160,64 +204,71 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-enum class ElementwiseKind { kSigmoidDense, kSigmoidIndex, kBinary };
-
-template <ElementwiseKind kind>
-void launch_elementwise(const ElementwiseParams& p, int device, cudaStream_t stream, const char* name) {
-  if (p.numel == 0) return;  // the caller fills the outputs
-  dispatch_floating(p.dtype, name, [&](auto dtype_tag) {
-    using scalar_t = decltype(dtype_tag);
-    using op_t = opmath_t<scalar_t>;
-    constexpr int V = vector_width<scalar_t>();
-    const auto* x = static_cast<const scalar_t*>(p.input);
-    auto* loss = static_cast<scalar_t*>(p.loss);
-    auto* grad = static_cast<scalar_t*>(p.grad);
-    const bool aligned = is_vector_aligned(x) && is_vector_aligned(loss) && is_vector_aligned(grad) &&
-                         (kind == ElementwiseKind::kSigmoidIndex || is_vector_aligned(p.target));
-    const int64_t work = aligned ? ceil_div(p.numel, V) : p.numel;
-    const auto alpha = AlphaWeight<op_t>::from(p.alpha);
-    const op_t gamma = static_cast<op_t>(p.gamma);
-    ReductionBuffers reduce = p.reduce;
-    // Dense losses count every element; class-index losses count the elements of non-ignored rows.
-    reduce.fixed_count = kind == ElementwiseKind::kSigmoidIndex ? -1 : p.numel;
-    dispatch_gamma(p.gamma, [&](auto gamma_tag) {
-      constexpr int G = decltype(gamma_tag)::value;
-      if constexpr (kind == ElementwiseKind::kBinary) {
-        using Point = BinaryPoint<G, op_t>;
-        const int grid = grid_for(work, kThreads, device, &dense_forward_kernel<scalar_t, Point>, kThreads);
-        FOCAL_LAUNCH(grid, kThreads, 0, stream, dense_forward_kernel<scalar_t, Point>)(
-            x, static_cast<const scalar_t*>(p.target), loss, grad, p.numel, aligned, Point{alpha, gamma}, reduce);
-      } else {
-        using Point = SigmoidPoint<G, op_t>;
-        const Point point{alpha, gamma, static_cast<op_t>(p.label_smoothing)};
-        if constexpr (kind == ElementwiseKind::kSigmoidDense) {
-          const int grid = grid_for(work, kThreads, device, &dense_forward_kernel<scalar_t, Point>, kThreads);
-          FOCAL_LAUNCH(grid, kThreads, 0, stream, dense_forward_kernel<scalar_t, Point>)(
-              x, static_cast<const scalar_t*>(p.target), loss, grad, p.numel, aligned, point, reduce);
-        } else {
-          const int grid = grid_for(work, kThreads, device, &index_forward_kernel<scalar_t, Point>, kThreads);
-          FOCAL_LAUNCH(grid, kThreads, 0, stream, index_forward_kernel<scalar_t, Point>)(
-              x, static_cast<const int64_t*>(p.target), loss, grad, p.numel, p.classes, p.ignore_index, aligned,
-              point, reduce);
-        }
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
+template <typename scalar_t, typename Point>
+void launch_with_point(const ElementwiseInputs<scalar_t>& in, scalar_t* loss, scalar_t* grad, const Point& point,
+                       const ReductionBuffers& reduce, int device, cudaStream_t stream) {
+  constexpr int V = vector_width<scalar_t>();
+  const int grid = grid_for(in.vectorized ? ceil_div(in.n, V) : in.n, kThreads, device,
+                            &elementwise_forward_kernel<scalar_t, Point>, kThreads);
+  FOCAL_LAUNCH(grid, kThreads, 0, stream, elementwise_forward_kernel<scalar_t, Point>)(in, loss, grad, point, reduce);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
 
-void launch_sigmoid_dense_forward(const ElementwiseParams& params, int device, cudaStream_t stream) {
-  launch_elementwise<ElementwiseKind::kSigmoidDense>(params, device, stream, "sigmoid_focal_fwd");
-}
-
-void launch_sigmoid_index_forward(const ElementwiseParams& params, int device, cudaStream_t stream) {
-  launch_elementwise<ElementwiseKind::kSigmoidIndex>(params, device, stream, "sigmoid_focal_fwd");
-}
-
-void launch_binary_forward(const ElementwiseParams& params, int device, cudaStream_t stream) {
-  launch_elementwise<ElementwiseKind::kBinary>(params, device, stream, "binary_focal_fwd");
+void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStream_t stream) {
+  if (p.numel == 0) return;  // the caller fills the outputs
+  dispatch_floating(p.dtype, "focal elementwise forward", [&](auto dtype_tag) {
+    using scalar_t = decltype(dtype_tag);
+    using op_t = opmath_t<scalar_t>;
+    ElementwiseInputs<scalar_t> in;
+    in.x = static_cast<const scalar_t*>(p.input);
+    in.dense_target = p.index_target ? nullptr : static_cast<const scalar_t*>(p.target);
+    in.index_target = p.index_target ? static_cast<const int64_t*>(p.target) : nullptr;
+    in.score = static_cast<const scalar_t*>(p.score);
+    in.weight = static_cast<const op_t*>(p.weight);
+    in.weight_mode = p.weight == nullptr ? WeightMode::kNone : p.weight_mode;
+    in.n = p.numel;
+    in.C = p.classes < 1 ? 1 : p.classes;
+    in.ignore_index = p.ignore_index;
+    in.track_rows = p.index_target || p.class_alpha != nullptr || in.weight_mode == WeightMode::kRow ||
+                    in.weight_mode == WeightMode::kClass;
+    auto* loss = static_cast<scalar_t*>(p.loss);
+    auto* grad = static_cast<scalar_t*>(p.grad);
+    in.vectorized = is_vector_aligned(in.x) && is_vector_aligned(loss) && is_vector_aligned(grad) &&
+                    is_vector_aligned(in.dense_target);
+    ReductionBuffers reduce = p.reduce;
+    // Dense targets count every element; class-index targets the elements of non-ignored rows.
+    reduce.fixed_count = p.index_target ? -1 : p.numel;
+    const auto launch = [&](const auto& point) { launch_with_point(in, loss, grad, point, reduce, device, stream); };
+    const op_t gamma = static_cast<op_t>(p.gamma);
+    if (p.loss_kind == ElementwiseLoss::kAsymmetric) {
+      launch(AsymmetricPoint<op_t>{{gamma, static_cast<op_t>(p.gamma_neg), static_cast<op_t>(p.clip),
+                                    static_cast<op_t>(p.eps), p.detach_modulation}});
+      return;
+    }
+    dispatch_gamma(p.gamma, [&](auto gamma_tag) {
+      constexpr int G = decltype(gamma_tag)::value;
+      switch (p.loss_kind) {
+        case ElementwiseLoss::kSigmoidFocal:
+          launch(SigmoidPoint<G, op_t>{AlphaWeight<op_t>::from(p.alpha), static_cast<const op_t*>(p.class_alpha),
+                                       gamma, static_cast<op_t>(p.label_smoothing),
+                                       static_cast<op_t>(p.poly_epsilon)});
+          break;
+        case ElementwiseLoss::kBinaryFocal:
+          launch(BinaryPoint<G, op_t>{AlphaWeight<op_t>::from(p.alpha), gamma});
+          break;
+        case ElementwiseLoss::kVarifocal:
+          launch(VarifocalPoint<G, op_t>{static_cast<op_t>(p.alpha), gamma, p.iou_weighted});
+          break;
+        case ElementwiseLoss::kQualityFocal:
+          launch(QualityFocalPoint<G, op_t>{gamma});
+          break;
+        default:
+          TORCH_CHECK(false, "focal elementwise forward: unknown loss kind ", static_cast<int>(p.loss_kind));
+      }
+    });
+  });
 }
 
 void launch_apply_grad_output(const BackwardParams& p, int device, cudaStream_t stream) {

@@ -98,48 +98,116 @@ void* data_or_null(const at::Tensor& t, bool wanted) {
   return wanted ? t.data_ptr() : nullptr;
 }
 
-LossGradScale sigmoid_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& target, double alpha, double gamma,
-                                     int64_t reduction, int64_t ignore_index, double label_smoothing,
-                                     const std::optional<at::Tensor>& normalizer, bool compute_grad) {
-  check_sigmoid_args(input, target, reduction, normalizer);
+const void* data_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr() : nullptr;
+}
+
+// Every elementwise loss: `p` carries the loss kind and its constants; this fills in the tensors and launches.
+LossGradScale elementwise_fwd_cuda(ElementwiseParams p, const at::Tensor& input, const at::Tensor& target,
+                                   const std::optional<at::Tensor>& score, const std::optional<at::Tensor>& weight,
+                                   const std::optional<at::Tensor>& class_alpha,
+                                   const std::optional<at::Tensor>& normalizer, int64_t reduction, bool compute_grad) {
+  const WeightMode weight_mode = check_elementwise_extras(input, target, score, weight, class_alpha);
   const DeviceGuard device_guard(input.device());
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
+  const auto contiguous = [](const std::optional<at::Tensor>& v) {
+    return v.has_value() ? std::optional<at::Tensor>(v->contiguous()) : std::nullopt;
+  };
+  const std::optional<at::Tensor> score_c = contiguous(score), weight_c = contiguous(weight),
+                                  alpha_c = contiguous(class_alpha);
   ForwardOutputs out(x, x.sizes(), reduction, compute_grad, normalizer);
   if (x.numel() == 0) return out.empty_work(reduction);
-  const bool index_target = t.scalar_type() == at::kLong;
   const cudaStream_t stream = current_stream(x);
-
-  ElementwiseParams p;
   p.dtype = x.scalar_type();
   p.input = x.data_ptr();
   p.target = t.data_ptr();
+  p.index_target = t.scalar_type() == at::kLong;
+  p.score = data_or_null(score_c);
+  p.weight = data_or_null(weight_c);
+  p.weight_mode = weight_mode;
+  p.class_alpha = data_or_null(alpha_c);
   p.loss = data_or_null(out.loss, reduction == kNone);
   p.grad = data_or_null(out.grad, compute_grad);
   p.numel = x.numel();
-  p.classes = index_target ? x.size(-1) : 0;
+  p.classes = x.dim() == 0 ? 1 : x.size(-1);
+  p.reduce = out.buffers(reduction, stream);
+  cuda::launch_elementwise_forward(p, device_index(x), stream);
+  return {out.loss, out.grad, out.grad_scale};
+}
+
+LossGradScale sigmoid_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& target, double alpha, double gamma,
+                                     int64_t reduction, int64_t ignore_index, double label_smoothing,
+                                     const std::optional<at::Tensor>& normalizer, bool compute_grad,
+                                     const std::optional<at::Tensor>& weight,
+                                     const std::optional<at::Tensor>& class_alpha, double poly_epsilon) {
+  check_sigmoid_args(input, target, reduction, normalizer);
+  ElementwiseParams p;
+  p.loss_kind = ElementwiseLoss::kSigmoidFocal;
   p.alpha = alpha;
   p.gamma = gamma;
   p.label_smoothing = label_smoothing;
+  p.poly_epsilon = poly_epsilon;
   p.ignore_index = ignore_index;
-  p.reduce = out.buffers(reduction, stream);
-  if (index_target) {
-    cuda::launch_sigmoid_index_forward(p, device_index(x), stream);
-  } else {
-    cuda::launch_sigmoid_dense_forward(p, device_index(x), stream);
-  }
-  return {out.loss, out.grad, out.grad_scale};
+  return elementwise_fwd_cuda(p, input, target, std::nullopt, weight, class_alpha, normalizer, reduction,
+                              compute_grad);
+}
+
+LossGradScale varifocal_fwd_cuda(const at::Tensor& input, const at::Tensor& target,
+                                 const std::optional<at::Tensor>& score, double alpha, double gamma, bool iou_weighted,
+                                 int64_t reduction, int64_t ignore_index, const std::optional<at::Tensor>& normalizer,
+                                 bool compute_grad, const std::optional<at::Tensor>& weight) {
+  check_sigmoid_args(input, target, reduction, normalizer);
+  ElementwiseParams p;
+  p.loss_kind = ElementwiseLoss::kVarifocal;
+  p.alpha = alpha;
+  p.gamma = gamma;
+  p.iou_weighted = iou_weighted;
+  p.ignore_index = ignore_index;
+  return elementwise_fwd_cuda(p, input, target, score, weight, std::nullopt, normalizer, reduction, compute_grad);
+}
+
+LossGradScale quality_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& target,
+                                     const std::optional<at::Tensor>& score, double beta, int64_t reduction,
+                                     int64_t ignore_index, const std::optional<at::Tensor>& normalizer,
+                                     bool compute_grad, const std::optional<at::Tensor>& weight) {
+  check_sigmoid_args(input, target, reduction, normalizer);
+  ElementwiseParams p;
+  p.loss_kind = ElementwiseLoss::kQualityFocal;
+  p.gamma = beta;
+  p.ignore_index = ignore_index;
+  return elementwise_fwd_cuda(p, input, target, score, weight, std::nullopt, normalizer, reduction, compute_grad);
+}
+
+LossGradScale asymmetric_fwd_cuda(const at::Tensor& input, const at::Tensor& target, double gamma_pos,
+                                  double gamma_neg, double clip, double eps, bool detach_modulation, int64_t reduction,
+                                  int64_t ignore_index, const std::optional<at::Tensor>& normalizer, bool compute_grad,
+                                  const std::optional<at::Tensor>& weight) {
+  check_sigmoid_args(input, target, reduction, normalizer);
+  ElementwiseParams p;
+  p.loss_kind = ElementwiseLoss::kAsymmetric;
+  p.gamma = gamma_pos;
+  p.gamma_neg = gamma_neg;
+  p.clip = clip;
+  p.eps = eps;
+  p.detach_modulation = detach_modulation;
+  p.ignore_index = ignore_index;
+  return elementwise_fwd_cuda(p, input, target, std::nullopt, weight, std::nullopt, normalizer, reduction,
+                              compute_grad);
 }
 
 LossGradScale softmax_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& target,
                                      const std::optional<at::Tensor>& alpha, double gamma, int64_t reduction,
                                      int64_t ignore_index, double label_smoothing,
-                                     const std::optional<at::Tensor>& normalizer, bool compute_grad) {
+                                     const std::optional<at::Tensor>& normalizer, bool compute_grad,
+                                     const std::optional<at::Tensor>& weight, double poly_epsilon) {
   check_softmax_args(input, target, alpha, reduction, normalizer);
+  check_softmax_weight(input, target, weight);
   const DeviceGuard device_guard(input.device());
   const at::Tensor x = input.contiguous();
   const at::Tensor t = target.contiguous();
   const at::Tensor alpha_c = alpha.has_value() ? alpha->contiguous() : at::Tensor();
+  const at::Tensor weight_c = weight.has_value() ? weight->contiguous() : at::Tensor();
   const bool unbatched = x.dim() == 1;
   const int64_t N = unbatched ? 1 : x.size(0);
   const int64_t C = unbatched ? x.size(0) : x.size(1);
@@ -158,7 +226,9 @@ LossGradScale softmax_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& 
   p.batch = N;
   p.classes = C;
   p.spatial = S;
+  p.row_weight = weight_c.defined() ? weight_c.data_ptr() : nullptr;
   p.gamma = gamma;
+  p.poly_epsilon = poly_epsilon;
   p.label_smoothing = label_smoothing;
   p.ignore_index = ignore_index;
   p.reduce = out.buffers(reduction, stream);
@@ -167,27 +237,14 @@ LossGradScale softmax_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& 
 }
 
 LossGradScale binary_focal_fwd_cuda(const at::Tensor& prob, const at::Tensor& target, double alpha, double gamma,
-                                    int64_t reduction, bool compute_grad) {
+                                    int64_t reduction, bool compute_grad, const std::optional<at::Tensor>& weight) {
   check_binary_args(prob, target, reduction);
-  const DeviceGuard device_guard(prob.device());
-  const at::Tensor x = prob.contiguous();
-  const at::Tensor t = target.contiguous();
-  ForwardOutputs out(x, x.sizes(), reduction, compute_grad, std::nullopt);
-  if (x.numel() == 0) return out.empty_work(reduction);
-  const cudaStream_t stream = current_stream(x);
-
   ElementwiseParams p;
-  p.dtype = x.scalar_type();
-  p.input = x.data_ptr();
-  p.target = t.data_ptr();
-  p.loss = data_or_null(out.loss, reduction == kNone);
-  p.grad = data_or_null(out.grad, compute_grad);
-  p.numel = x.numel();
+  p.loss_kind = ElementwiseLoss::kBinaryFocal;
   p.alpha = alpha;
   p.gamma = gamma;
-  p.reduce = out.buffers(reduction, stream);
-  cuda::launch_binary_forward(p, device_index(x), stream);
-  return {out.loss, out.grad, out.grad_scale};
+  return elementwise_fwd_cuda(p, prob, target, std::nullopt, weight, std::nullopt, std::nullopt, reduction,
+                              compute_grad);
 }
 
 // One launch: grad * grad_output (* grad_scale for 'mean'/'sum'), in opmath.
@@ -238,6 +295,9 @@ FOCAL_TORCH_LIBRARY_IMPL(FOCAL_OPS_NAMESPACE, FOCAL_CUDA_BACKEND_KEY, m) {
   m.impl("sigmoid_focal_fwd", &focal::sigmoid_focal_fwd_cuda);
   m.impl("softmax_focal_fwd", &focal::softmax_focal_fwd_cuda);
   m.impl("binary_focal_fwd", &focal::binary_focal_fwd_cuda);
+  m.impl("varifocal_fwd", &focal::varifocal_fwd_cuda);
+  m.impl("quality_focal_fwd", &focal::quality_focal_fwd_cuda);
+  m.impl("asymmetric_fwd", &focal::asymmetric_fwd_cuda);
   m.impl("sigmoid_focal_bwd", &focal::elementwise_focal_bwd_cuda);
   m.impl("softmax_focal_bwd", &focal::softmax_focal_bwd_cuda);
   m.impl("binary_focal_bwd", &focal::elementwise_focal_bwd_cuda);

@@ -2,6 +2,8 @@
 // tensor headers (compile time); focal_cuda.cpp allocates the tensors, checks arguments and registers the ops.
 #pragma once
 
+#include "../loss_kinds.h"
+
 #include <c10/core/ScalarType.h>
 #include <cuda_runtime_api.h>
 
@@ -23,19 +25,31 @@ struct ReductionBuffers {
   void* grad_scale = nullptr;        // opmath scalar, always written: 1/denominator for 'mean', else 1
 };
 
-// Elementwise forward: sigmoid (dense or class-index targets) and binary.
+// Elementwise losses (ElementwiseLoss, WeightMode: focal_math.h): one traversal, one point function each.
 struct ElementwiseParams {
-  c10::ScalarType dtype = c10::ScalarType::Float;  // of input, target (dense), loss, grad
-  const void* input = nullptr;                     // contiguous
+  ElementwiseLoss loss_kind = ElementwiseLoss::kSigmoidFocal;
+  c10::ScalarType dtype = c10::ScalarType::Float;  // of input, dense target, score, loss, grad
+  const void* input = nullptr;                     // contiguous, (rows, C)
   const void* target = nullptr;                    // input dtype (dense) or int64 per row (class index)
-  void* loss = nullptr;                            // per-element loss, or null
-  void* grad = nullptr;                            // per-element gradient, or null
+  bool index_target = false;
+  const void* score = nullptr;        // class-index targets: the target class's value per row (null: 1)
+  const void* weight = nullptr;       // opmath, see WeightMode
+  WeightMode weight_mode = WeightMode::kNone;
+  const void* class_alpha = nullptr;  // sigmoid focal: C opmath alphas, or null (use alpha)
+  void* loss = nullptr;               // per-element loss, or null
+  void* grad = nullptr;               // per-element gradient, or null
   int64_t numel = 0;
-  int64_t classes = 0;  // C (class-index targets only)
-  double alpha = -1.0;  // < 0: disabled
-  double gamma = 2.0;
-  double label_smoothing = 0.0;
+  int64_t classes = 1;  // C, the size of the last dim
   int64_t ignore_index = -100;
+  double alpha = -1.0;  // sigmoid / binary: < 0 disables; varifocal: the negatives' weight
+  double gamma = 2.0;   // the focal exponent; quality focal: beta; asymmetric: gamma_pos
+  double gamma_neg = 4.0;  // asymmetric
+  double clip = 0.05;      // asymmetric
+  double eps = 1e-8;       // asymmetric
+  bool detach_modulation = true;  // asymmetric
+  bool iou_weighted = true;       // varifocal
+  double label_smoothing = 0.0;   // sigmoid focal
+  double poly_epsilon = 0.0;      // sigmoid focal
   ReductionBuffers reduce;
 };
 
@@ -50,8 +64,10 @@ struct SoftmaxParams {
   int64_t batch = 0;                // N
   int64_t classes = 0;              // C
   int64_t spatial = 1;              // S
+  const void* row_weight = nullptr;  // (N, S) opmath weights multiplying each row's loss and gradient, or null
   double gamma = 2.0;
   double label_smoothing = 0.0;
+  double poly_epsilon = 0.0;
   int64_t ignore_index = -100;
   ReductionBuffers reduce;
 };
@@ -65,9 +81,7 @@ int64_t kernel_launches();
 
 // Each launcher issues exactly one kernel on `stream`, the fused forward. Nothing is launched for empty
 // work; the caller fills the outputs then.
-void launch_sigmoid_dense_forward(const ElementwiseParams& params, int device, cudaStream_t stream);
-void launch_sigmoid_index_forward(const ElementwiseParams& params, int device, cudaStream_t stream);
-void launch_binary_forward(const ElementwiseParams& params, int device, cudaStream_t stream);
+void launch_elementwise_forward(const ElementwiseParams& params, int device, cudaStream_t stream);
 void launch_softmax_forward(const SoftmaxParams& params, int device, cudaStream_t stream);
 
 // Backward: out = grad * grad_output, in float (opmath). grad_output is one scalar times grad_scale for

@@ -18,7 +18,9 @@ struct SoftmaxConsts {
   T q_on;   // smoothed target probability of the target class: 1 - s + s / C
   T q_off;  // and of every other class: s / C
   bool smoothing;
-  const T* alpha;  // C weights, or null (all 1)
+  const T* alpha;       // C weights, or null (all 1)
+  T poly;               // Poly-1 epsilon
+  const T* row_weight;  // one weight per row (position), or null
 };
 
 template <typename T>
@@ -139,12 +141,14 @@ __device__ __forceinline__ bool softmax_row_counted(int64_t tgt, int64_t C, int6
 }
 
 // Loss of one row (valid in every rank of the group; 0 when not counted) and, when grad is set, its
-// gradient: grad_j = -q_j h_j + p_j sum_c q_c h_c (focal_math.h), which for one-hot q is h_t (p_j - [j == t]).
-// An uncounted row gets a zero gradient. Every rank of the group must call this (it reduces across them).
+// gradient: grad_j = -q_j h_j + p_j sum_c q_c h_c (focal_math.h), which for one-hot q is h_t (p_j - [j == t]);
+// both times the row's weight w. An uncounted row gets a zero gradient. Every rank of the group must call
+// this (it reduces across them).
 template <int G, typename scalar_t, typename Group>
 __device__ __forceinline__ opmath_t<scalar_t> softmax_row(const scalar_t* __restrict__ x, scalar_t* __restrict__ grad,
                                                           int64_t stride, int64_t C, int64_t tgt, bool counted,
-                                                          bool vectorized, const SoftmaxConsts<opmath_t<scalar_t>>& k,
+                                                          opmath_t<scalar_t> w, bool vectorized,
+                                                          const SoftmaxConsts<opmath_t<scalar_t>>& k,
                                                           const Group& group) {
   using op_t = opmath_t<scalar_t>;
   op_t m = negative_infinity<op_t>();
@@ -161,8 +165,9 @@ __device__ __forceinline__ opmath_t<scalar_t> softmax_row(const scalar_t* __rest
     if (counted) {
       op_t weighted_logp;
       softmax_focal_class_terms<G>(log_softmax_value(static_cast<op_t>(x[tgt * stride]), row_max, log_sum), alpha_at(tgt),
-                                   k.gamma, weighted_logp, h);
-      row_loss = -weighted_logp;
+                                   k.gamma, weighted_logp, h, k.poly);
+      row_loss = -w * weighted_logp;
+      h *= w;
     }
     if (grad != nullptr) {
       if (counted) {
@@ -179,7 +184,7 @@ __device__ __forceinline__ opmath_t<scalar_t> softmax_row(const scalar_t* __rest
   if (counted) {
     for_each_class(x, stride, C, vectorized, group, [&](int64_t j, op_t v) {
       op_t weighted_logp, h;
-      softmax_focal_class_terms<G>(log_softmax_value(v, row_max, log_sum), alpha_at(j), k.gamma, weighted_logp, h);
+      softmax_focal_class_terms<G>(log_softmax_value(v, row_max, log_sum), alpha_at(j), k.gamma, weighted_logp, h, k.poly);
       const op_t q = j == tgt ? k.q_on : k.q_off;
       loss_acc += q * weighted_logp;
       qh_acc += q * h;
@@ -187,14 +192,14 @@ __device__ __forceinline__ opmath_t<scalar_t> softmax_row(const scalar_t* __rest
   }
   const op_t loss_sum = group.sum(loss_acc);
   const op_t qh_sum = group.sum(qh_acc);
-  if (counted) row_loss = -loss_sum;
+  if (counted) row_loss = -w * loss_sum;
   if (grad != nullptr) {
     if (counted) {
       map_classes(x, grad, stride, C, vectorized, group, [&](int64_t j, op_t v) {
         op_t weighted_logp, h;
         const op_t logp = log_softmax_value(v, row_max, log_sum);
-        softmax_focal_class_terms<G>(logp, alpha_at(j), k.gamma, weighted_logp, h);
-        return fm_exp(logp) * qh_sum - (j == tgt ? k.q_on : k.q_off) * h;
+        softmax_focal_class_terms<G>(logp, alpha_at(j), k.gamma, weighted_logp, h, k.poly);
+        return w * (fm_exp(logp) * qh_sum - (j == tgt ? k.q_on : k.q_off) * h);
       });
     } else {
       zero_classes(grad, stride, C, group);
@@ -228,8 +233,9 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t tgt = in_range ? target[row] : ignore_index;
     const bool counted = in_range && softmax_row_counted(tgt, C, ignore_index);
     const int64_t offset = in_range ? row * C : 0;
+    const op_t w = counted && k.row_weight != nullptr ? k.row_weight[row] : op_t(1);
     const op_t row_loss = softmax_row<G>(x + offset, in_range && grad != nullptr ? grad + offset : nullptr, 1, C, tgt,
-                                         counted, vectorized, k, group);
+                                         counted, w, vectorized, k, group);
     if (in_range && group.rank() == 0) {
       if (loss != nullptr) loss[row] = static_cast<scalar_t>(row_loss);
       if (counted) {
@@ -256,8 +262,9 @@ __global__ void __launch_bounds__(kRowBlockThreads)
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t tgt = target[row];
     const bool counted = softmax_row_counted(tgt, C, ignore_index);
+    const op_t w = counted && k.row_weight != nullptr ? k.row_weight[row] : op_t(1);
     const op_t row_loss = softmax_row<G>(x + row * C, grad != nullptr ? grad + row * C : nullptr, 1, C, tgt, counted,
-                                         vectorized, k, group);
+                                         w, vectorized, k, group);
     if (threadIdx.x == 0) {
       if (loss != nullptr) loss[row] = static_cast<scalar_t>(row_loss);
       if (counted) {
@@ -285,7 +292,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t offset = n * C * S + (pos - n * S);
     const int64_t tgt = target[pos];
     const bool counted = softmax_row_counted(tgt, C, ignore_index);
-    const op_t row_loss = softmax_row<G>(x + offset, grad != nullptr ? grad + offset : nullptr, S, C, tgt, counted,
+    const op_t w = counted && k.row_weight != nullptr ? k.row_weight[pos] : op_t(1);
+    const op_t row_loss = softmax_row<G>(x + offset, grad != nullptr ? grad + offset : nullptr, S, C, tgt, counted, w,
                                          /*vectorized=*/false, k, ThreadGroup{});
     if (loss != nullptr) loss[pos] = static_cast<scalar_t>(row_loss);
     if (counted) {
@@ -311,7 +319,8 @@ void launch_softmax_forward(const SoftmaxParams& p, int device, cudaStream_t str
     const int64_t C = p.classes;
     const double s = p.label_smoothing;
     const SoftmaxConsts<op_t> k{static_cast<op_t>(p.gamma), static_cast<op_t>(1.0 - s + s / C),
-                                static_cast<op_t>(s / C), s > 0, static_cast<const op_t*>(p.alpha)};
+                                static_cast<op_t>(s / C), s > 0, static_cast<const op_t*>(p.alpha),
+                                static_cast<op_t>(p.poly_epsilon), static_cast<const op_t*>(p.row_weight)};
     // Rows start 16-byte aligned when the base is and a row is a whole number of vectors.
     const bool vectorized = C % V == 0 && is_vector_aligned(x) && is_vector_aligned(grad);
     dispatch_gamma(p.gamma, [&](auto gamma_tag) {
