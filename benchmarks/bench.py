@@ -1,22 +1,26 @@
 #!/usr/bin/env python
-"""Benchmark focal_cuda's fused kernels against what users run today.
+"""Benchmark focal_cuda's fused kernels against what users run today and against the floor.
 
 Providers
-  focal_cuda  the package's fused kernels (CUDA on a GPU, vectorised C++ on CPU)
-  naive       the implementations people copy (benchmarks/naive.py), run eagerly
-  reference   focal_cuda.reference (plain, numerically careful PyTorch), run eagerly
-  compiled    torch.compile of the focal_cuda.reference functions
+  focal_cuda     the package's fused kernels (CUDA on a GPU, vectorised C++ on CPU)
+  naive          the implementations people copy (benchmarks/naive.py), run eagerly
+  compiled       torch.compile of the best plain-PyTorch formulation: softmax = log_softmax + gather
+                 (naive.softmax_focal_loss_plain), sigmoid = torchvision's formula, binary = the classic class
+  cross_entropy  PyTorch's own loss kernels, F.cross_entropy / F.binary_cross_entropy_with_logits (dense
+                 targets built once, untimed) / F.binary_cross_entropy: less work than a focal loss
+  roofline       one torch.exp over the input into a preallocated buffer: read the input once, write one
+                 input-sized buffer, one transcendental per element; a fused focal loss cannot do less
+  reference      focal_cuda.reference (plain, numerically careful PyTorch), run eagerly (not in --quick)
 
 Modes
   forward     loss only, under torch.no_grad()
   backward    the backward pass alone (the forward that builds the graph runs untimed before it)
   full        forward + backward (loss and d loss / d input), what a training step pays
 
-Every number is the median over repetitions after warm-up, with the 20th/80th percentiles.
-Effective bandwidth = minimal bytes / median time, where minimal bytes = input + targets read once
-(forward), plus the input-sized gradient written once (backward, full). "SoL" is that bandwidth as
-a fraction of the device's copy bandwidth (dst.copy_(src) of a large tensor, read + write bytes),
-measured in the same run.
+Every number is the median over >= 15 repetitions after warm-up, with the 20th/80th percentiles; the
+providers of a case are timed interleaved (round robin), so each sees the same machine load.
+"x P" columns are this provider's median time divided by provider P's (below 1: faster than P);
+"x roofline" is how far from the floor a provider is.
 
 Peak memory = the most memory allocated while running the mode once (for backward, the forward
 that builds the graph plus the backward) above what was allocated before (inputs and targets).
@@ -88,8 +92,8 @@ def import_focal_cuda():
 ALPHA = 0.25
 GAMMA = 2.0
 
-# name -> op family, class count, sizes (CPU, GPU), the size --quick uses (CPU, GPU; None: not in --quick)
-# sizes are rows N for (N, C) presets and H = W for segmentation
+# name -> op family, class count, sizes (CPU, GPU), the size --quick uses (CPU, GPU; None: not in --quick),
+# and optionally the one dtype the preset runs in. sizes are rows N for (N, C) presets, H = W for segmentation.
 PRESETS = {
     "det_dense": dict(op="sigmoid_dense", C=80, cpu=[16384, 65536, 262144], gpu=[1 << 20, 1 << 22, 1 << 23],
                       quick=(65536, 1 << 23),
@@ -101,24 +105,26 @@ PRESETS = {
                     quick=None, about="classification, softmax, (N, 10)"),
     "cls_c80": dict(op="softmax", C=80, cpu=[16384, 65536, 262144], gpu=[1 << 20, 1 << 22, 1 << 23],
                     quick=(65536, 1 << 23), about="classification, softmax, (N, 80)"),
-    "cls_c1000": dict(op="softmax", C=1000, cpu=[1024, 4096, 16384], gpu=[1 << 16, 1 << 18, 1 << 19],
-                      quick=None, about="classification, softmax, (N, 1000)"),
-    "cls_c32000": dict(op="softmax", C=32000, cpu=[32, 128, 512], gpu=[2048, 8192, 16384],
-                       quick=(None, 16384), about="language-model vocabulary, softmax, (N, 32000)"),
+    "cls_c1000": dict(op="softmax", C=1000, cpu=[1024, 8192, 32768], gpu=[1 << 16, 1 << 18, 1 << 19],
+                      quick=(8192, 1 << 18), about="classification, softmax, (N, 1000)"),
+    "cls_c32000": dict(op="softmax", C=32000, cpu=[32, 256, 1024], gpu=[2048, 8192, 16384],
+                       quick=(256, 16384), about="language-model vocabulary, softmax, (N, 32000)"),
     "seg": dict(op="softmax_spatial", C=19, cpu=[128, 256, 512], gpu=[512, 1024, 2048],
-                quick=(None, 2048), about="segmentation, softmax, (B, 19, H, W), B = 2 on CPU, 8 on GPU"),
+                quick=(256, 2048), about="segmentation, softmax, (8, 19, H, W)"),
+    "seg_bf16": dict(op="softmax_spatial", C=19, cpu=[128, 256, 512], gpu=[512, 1024, 2048],
+                     quick=(256, 2048), dtype="bf16", about="segmentation, softmax, (8, 19, H, W), bfloat16 logits"),
     "binary": dict(op="binary", C=80, cpu=[16384, 65536, 262144], gpu=[1 << 20, 1 << 22, 1 << 23],
                    quick=None, about="multi-label on probabilities, (N, 80) after a sigmoid, dense targets"),
 }
-PROVIDERS = ["focal_cuda", "naive", "reference", "compiled"]
+PROVIDERS = ["focal_cuda", "naive", "compiled", "cross_entropy", "roofline", "reference"]
+BASELINES = ["roofline", "cross_entropy", "compiled", "naive"]  # the "x P" columns
 MODES = ["forward", "backward", "full"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
 
 def preset_shape(preset, size, device):
     if preset["op"] == "softmax_spatial":
-        batch = 8 if device.type == "cuda" else 2
-        return (batch, preset["C"], size, size)
+        return (8, preset["C"], size, size)
     return (size, preset["C"])
 
 
@@ -161,8 +167,21 @@ def reference_function(op, reference):
     return lambda x, t, reduction: reference.binary_focal_loss(x, t, ALPHA, GAMMA, reduction)
 
 
-def make_provider(name, preset, reduction, focal_cuda, reference, compiled_functions):
-    """A callable (x, target) -> loss for one provider on one preset."""
+def plain_function(op, C, reduction):
+    """The best plain-PyTorch formulation of an op family as (x, target) -> loss: what torch.compile gets."""
+    if op == "sigmoid_dense":
+        return lambda x, t: naive.sigmoid_focal_loss(x, t, ALPHA, GAMMA, reduction)
+    if op == "sigmoid_index":
+        # index targets need a dense one-hot for torchvision's formula (background = extra class, dropped)
+        return lambda x, t: naive.sigmoid_focal_loss(x, F.one_hot(t, C + 1)[..., :C].to(x.dtype), ALPHA, GAMMA,
+                                                     reduction)
+    if op in ("softmax", "softmax_spatial"):
+        return lambda x, t: naive.softmax_focal_loss_plain(x, t, GAMMA, reduction)
+    return naive.BCEFocalLoss(gamma=GAMMA, alpha=ALPHA, reduction=reduction)
+
+
+def make_provider(name, preset, reduction, focal_cuda, reference, compiled_functions, x, target):
+    """A callable (x, target) -> loss for one provider on one preset (x, target: the case's tensors)."""
     op, C = preset["op"], preset["C"]
     if name == "focal_cuda":
         if op in ("sigmoid_dense", "sigmoid_index"):
@@ -189,15 +208,26 @@ def make_provider(name, preset, reduction, focal_cuda, reference, compiled_funct
             return lambda x, t: module(x.permute(0, 2, 3, 1).reshape(-1, C), t.reshape(-1))
         module = naive.BCEFocalLoss(gamma=GAMMA, alpha=ALPHA, reduction=reduction)
         return module
-    function = reference_function(op, reference)
+    if name == "cross_entropy":
+        if op in ("softmax", "softmax_spatial"):
+            return lambda x, t: F.cross_entropy(x, t, reduction=reduction)
+        if op == "binary":
+            return lambda x, t: F.binary_cross_entropy(x, t, reduction=reduction)
+        # dense targets made once, outside the timing: the baseline gets the favourable case
+        dense = target if op == "sigmoid_dense" else F.one_hot(target, C + 1)[..., :C].to(x.dtype)
+        return lambda x, _: F.binary_cross_entropy_with_logits(x, dense, reduction=reduction)
+    if name == "roofline":
+        out = torch.empty_like(x, requires_grad=False)
+        return lambda x, _: torch.exp(x.detach(), out=out)
     if name == "reference":
+        function = reference_function(op, reference)
         return lambda x, t: function(x, t, reduction)
     if name == "compiled":
         # one torch.compile per op family and reduction; shapes/dtypes recompile under its guards
         key = (op, reduction)
         if key not in compiled_functions:
             # dynamic=False: a kernel specialised to each shape, torch.compile's best case
-            compiled_functions[key] = torch.compile(lambda x, t: function(x, t, reduction), dynamic=False)
+            compiled_functions[key] = torch.compile(plain_function(op, C, reduction), dynamic=False)
         return compiled_functions[key]
     raise ValueError(f"provider: expected one of {PROVIDERS}, given {name!r}")
 
@@ -207,8 +237,10 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def mode_steps(mode, fn, x, target):
+def mode_steps(mode, fn, x, target, provider=None):
     """(prepare, timed): prepare() runs untimed and returns state, timed(state) is the measured work."""
+    if provider == "roofline":  # the floor is the same single pass in every mode
+        return (lambda: None), (lambda _: fn(x, target))
     if mode == "forward":
         def timed(_):
             with torch.no_grad():
@@ -322,17 +354,6 @@ def measure_peak_bytes(prepare, timed, device):
     return peak
 
 
-def measure_copy_bandwidth(device, quick):
-    """Bytes per second of dst.copy_(src) (read + write) for a tensor far larger than the caches."""
-    numel = (256 << 20) if device.type == "cuda" else ((16 << 20) if quick else (32 << 20))
-    src = torch.empty(numel, dtype=torch.float32, device=device).uniform_()
-    dst = torch.empty_like(src)
-    steps = {"copy": (lambda: None, lambda _: dst.copy_(src))}
-    warm_up(*steps["copy"], device, warmup=3, target_seconds=1.0)
-    times = measure_interleaved(steps, device, min_reps=10, max_reps=50, target_seconds=0.5 if quick else 1.0)
-    return 2 * src.numel() * src.element_size() / (statistics.median(times["copy"]) * 1e-3)
-
-
 def provider_failure(error, provider, case):
     """The note for a provider that could not run a case: out of memory, or a torch.compile failure.
     Any other error in focal_cuda, naive or reference is a bug and is raised."""
@@ -423,13 +444,11 @@ def run(args):
                 setattr(torch._dynamo.config, limit_name, 4096)
 
     started = time.perf_counter()
-    copy_bandwidth = measure_copy_bandwidth(device, args.quick)
     threads = torch.get_num_threads()
-    print(f"device: {device} ({device_label(device)}), torch {torch.__version__}, threads {threads}, "
-          f"copy bandwidth {copy_bandwidth / 1e9:.1f} GB/s")
+    print(f"device: {device} ({device_label(device)}), torch {torch.__version__}, threads {threads}")
 
     warmup = 2 if args.quick else 5
-    min_reps, max_reps = (5, 50) if args.quick else (10, 200)
+    min_reps, max_reps = (15, 40) if args.quick else (25, 200)
     target_seconds = 0.25 if args.quick else 1.0
     compiled_functions = {}
     compile_failures = {}
@@ -445,13 +464,13 @@ def run(args):
         if args.sizes:
             sizes = args.sizes
         for size in sizes:
-            for dtype_name in dtype_names:
+            for dtype_name in [preset["dtype"]] if "dtype" in preset else dtype_names:
                 dtype = DTYPES[dtype_name]
                 x, target = make_inputs(preset, size, dtype, device)
                 x.requires_grad_(True)
                 shape = "x".join(str(d) for d in x.shape)
-                functions = {p: make_provider(p, preset, args.reduction, focal_cuda, reference, compiled_functions)
-                             for p in providers}
+                functions = {p: make_provider(p, preset, args.reduction, focal_cuda, reference, compiled_functions,
+                                              x, target) for p in providers}
                 # one fwd+bwd per provider: checks values against focal_cuda (or reference) and warms compilers
                 checks, notes, baseline = {}, {}, None
                 for provider in [p for p in ("focal_cuda", "reference") if p in functions] + \
@@ -459,6 +478,10 @@ def run(args):
                     failure_key = (preset["op"], dtype_name)
                     if provider == "compiled" and failure_key in compile_failures:
                         notes[provider] = compile_failures[failure_key]
+                        continue
+                    if provider in ("roofline", "cross_entropy"):  # not a focal loss: nothing to compare
+                        functions[provider](x, target)
+                        checks[provider] = "-"
                         continue
                     try:
                         began = time.perf_counter()
@@ -488,14 +511,13 @@ def run(args):
                         row = dict(device=device.type, device_name=device_label(device), torch=torch.__version__,
                                    threads=threads, date=date, preset=preset_name, op=preset["op"], shape=shape,
                                    elements=x.numel(), dtype=dtype_name, mode=mode, reduction=args.reduction,
-                                   provider=provider, minimal_bytes=minimal_bytes,
-                                   copy_gbps=round(copy_bandwidth / 1e9, 2), check=checks.get(provider, ""),
+                                   provider=provider, minimal_bytes=minimal_bytes, check=checks.get(provider, ""),
                                    note=notes.get(provider, ""))
                         rows_by_provider[provider] = row
                         if provider not in checks:
                             row["note"] = row["note"] or "skipped"
                             continue
-                        prepare, timed = mode_steps(mode, functions[provider], x, target)
+                        prepare, timed = mode_steps(mode, functions[provider], x, target, provider)
                         try:
                             # warm-up compiles the no-grad graph for forward mode; peak memory: one profiled call
                             warm_up(prepare, timed, device, warmup, target_seconds)
@@ -523,16 +545,15 @@ def run(args):
                         bandwidth = minimal_bytes / (median * 1e-3)
                         rows_by_provider[provider].update(
                             median_ms=median, p20_ms=percentile(values, 0.2), p80_ms=percentile(values, 0.8),
-                            reps=len(values), gbps=bandwidth / 1e9, sol=bandwidth / copy_bandwidth)
+                            reps=len(values), gbps=bandwidth / 1e9)
                     case_rows = list(rows_by_provider.values())
                     by_provider = {r["provider"]: r for r in case_rows if "median_ms" in r}
                     for row in case_rows:
                         if "median_ms" not in row:
                             continue
-                        for baseline_name in ("naive", "compiled"):
-                            if baseline_name in by_provider:
-                                row[f"speedup_vs_{baseline_name}"] = (
-                                    by_provider[baseline_name]["median_ms"] / row["median_ms"])
+                        for baseline_name in BASELINES:
+                            if baseline_name in by_provider and baseline_name != row["provider"]:
+                                row[f"x_{baseline_name}"] = row["median_ms"] / by_provider[baseline_name]["median_ms"]
                     rows.extend(case_rows)
                     print_rows(case_rows)
                 del x, target, functions
@@ -549,10 +570,10 @@ def run(args):
 
 COLUMNS = [("preset", "preset", "{}"), ("shape", "shape", "{}"), ("dtype", "dtype", "{}"), ("mode", "mode", "{}"),
            ("provider", "provider", "{}"), ("median_ms", "median ms", "{:.3f}"), ("p20_ms", "p20", "{:.3f}"),
-           ("p80_ms", "p80", "{:.3f}"), ("gbps", "GB/s", "{:.1f}"), ("sol", "SoL", "{:.0%}"),
-           ("peak_mb", "peak MB", "{:.1f}"), ("speedup_vs_naive", "x naive", "{:.2f}"),
-           ("speedup_vs_compiled", "x compiled", "{:.2f}"), ("check", "check", "{}")]
-WIDTHS = [10, 14, 5, 8, 10, 10, 9, 9, 7, 5, 9, 8, 10, 8]
+           ("p80_ms", "p80", "{:.3f}"), ("gbps", "GB/s", "{:.1f}"), ("peak_mb", "peak MB", "{:.1f}"),
+           ("x_roofline", "x roofline", "{:.2f}"), ("x_cross_entropy", "x CE", "{:.2f}"),
+           ("x_compiled", "x compiled", "{:.2f}"), ("x_naive", "x naive", "{:.3f}"), ("check", "check", "{}")]
+WIDTHS = [10, 14, 5, 8, 13, 10, 9, 9, 7, 9, 10, 7, 10, 8, 8]
 _header_printed = False
 
 
@@ -576,20 +597,18 @@ def print_rows(rows):
 
 
 def summarise_headline(rows):
-    """The issue's CPU target case: fp32, full fwd+bwd, N = 65536, C = 80, softmax and sigmoid dense."""
-    wanted = [r for r in rows if r["preset"] in ("cls_c80", "det_dense") and r["shape"] == "65536x80"
-              and r["dtype"] == "fp32" and r["mode"] == "full" and r["provider"] == "focal_cuda"
-              and "median_ms" in r]
-    for row in wanted:
-        naive_text = f"{row['speedup_vs_naive']:.1f}x" if "speedup_vs_naive" in row else "n/a"
-        compiled_text = f"{row['speedup_vs_compiled']:.1f}x" if "speedup_vs_compiled" in row else "n/a"
-        print(f"headline {row['preset']} 65536x80 fp32 full, {row['threads']} threads: focal_cuda "
-              f"{row['median_ms']:.2f} ms, {naive_text} vs naive, {compiled_text} vs compiled")
+    """focal_cuda's time against the floor and PyTorch's own loss, per case (full mode)."""
+    for row in rows:
+        if row["provider"] != "focal_cuda" or row["mode"] != "full" or "median_ms" not in row:
+            continue
+        ratios = ", ".join(f"{row[f'x_{b}']:.2f}x {b}" for b in BASELINES if f"x_{b}" in row)
+        print(f"headline {row['preset']} {row['shape']} {row['dtype']}, {row['threads']} threads: focal_cuda "
+              f"{row['median_ms']:.2f} ms = {ratios}")
 
 
 CSV_FIELDS = ["device", "device_name", "torch", "threads", "date", "preset", "op", "shape", "elements", "dtype",
               "mode", "reduction", "provider", "median_ms", "p20_ms", "p80_ms", "reps", "minimal_bytes", "gbps",
-              "copy_gbps", "sol", "peak_mb", "speedup_vs_naive", "speedup_vs_compiled", "check", "note"]
+              "peak_mb", "x_roofline", "x_cross_entropy", "x_compiled", "x_naive", "check", "note"]
 
 
 def write_csv(rows, path):
@@ -603,51 +622,46 @@ def write_csv(rows, path):
 
 
 def write_plot(rows, path, device):
+    """One group of bars per case (preset, shape, dtype; full mode when measured): median ms per provider."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         print("plot skipped: matplotlib is not installed (pip install matplotlib)")
         return
-    fused = [r for r in rows if r["provider"] == "focal_cuda" and "median_ms" in r]
-    if not fused:
-        print("plot skipped: no focal_cuda measurements")
+    timed = [r for r in rows if "median_ms" in r]
+    if not timed:
+        print("plot skipped: no measurements")
         return
-    presets = list(dict.fromkeys(r["preset"] for r in fused))
-    modes = list(dict.fromkeys(r["mode"] for r in fused))
-    mode = "full" if "full" in modes else modes[0]
-    columns = min(4, len(presets))
-    lines = math.ceil(len(presets) / columns)
-    figure, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.4 * lines), squeeze=False)
-    colours = {"fp32": "tab:blue", "bf16": "tab:orange", "fp16": "tab:green", "fp64": "tab:purple"}
-    for index, preset in enumerate(presets):
-        ax = axes[index // columns][index % columns]
-        for dtype in dict.fromkeys(r["dtype"] for r in fused):
-            points = sorted((r for r in fused if r["preset"] == preset and r["dtype"] == dtype and r["mode"] == mode),
-                            key=lambda r: r["elements"])
-            for baseline, style in (("naive", "-o"), ("compiled", "--s")):
-                xy = [(r["elements"], r[f"speedup_vs_{baseline}"]) for r in points if f"speedup_vs_{baseline}" in r]
-                if xy:
-                    ax.plot(*zip(*xy), style, color=colours.get(dtype), label=f"vs {baseline}, {dtype}")
-        ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        speedup_format = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}x")
-        ax.yaxis.set_major_formatter(speedup_format)
-        ax.yaxis.set_minor_formatter(speedup_format)
-        ax.tick_params(axis="y", which="minor", labelsize=7)
-        ax.set_title(f"{preset} ({mode})", fontsize=10)
-        ax.set_xlabel("input elements")
-        ax.set_ylabel("focal_cuda speed-up")
-        ax.legend(fontsize=7)
-    for index in range(len(presets), lines * columns):
-        axes[index // columns][index % columns].axis("off")
-    figure.suptitle(f"focal_cuda speed-up, {device_label(device)}, torch {torch.__version__}, "
-                    f"{fused[0]['threads']} threads" if device.type == "cpu" else
-                    f"focal_cuda speed-up, {device_label(device)}, torch {torch.__version__}", fontsize=10)
+    mode = "full" if any(r["mode"] == "full" for r in timed) else timed[0]["mode"]
+    timed = [r for r in timed if r["mode"] == mode]
+    cases = list(dict.fromkeys((r["preset"], r["shape"], r["dtype"]) for r in timed))
+    providers = [p for p in PROVIDERS if any(r["provider"] == p for r in timed)]
+    colours = {"focal_cuda": "tab:blue", "naive": "tab:red", "compiled": "tab:orange", "cross_entropy": "tab:green",
+               "roofline": "tab:grey", "reference": "tab:purple"}
+    width = 0.8 / len(providers)
+    figure, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(cases) + 2), 4.5))
+    for index, provider in enumerate(providers):
+        for case_index, case in enumerate(cases):
+            match = [r for r in timed if (r["preset"], r["shape"], r["dtype"]) == case and r["provider"] == provider]
+            if not match:
+                continue
+            xpos = case_index + (index - (len(providers) - 1) / 2) * width
+            ax.bar(xpos, match[0]["median_ms"], width, color=colours.get(provider),
+                   label=provider if case_index == 0 or not ax.get_legend_handles_labels()[1].count(provider) else None)
+            ax.text(xpos, match[0]["median_ms"], f"{match[0]['median_ms']:.3g}", ha="center", va="bottom",
+                    fontsize=6, rotation=90)
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([f"{p}\n{s}\n{d}" for p, s, d in cases], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel(f"median ms ({mode}), log scale; lower is better")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=len(unique))
+    threads = f", {timed[0]['threads']} threads" if device.type == "cpu" else ""
+    ax.set_title(f"{device_label(device)}, torch {torch.__version__}{threads}", fontsize=9)
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -659,12 +673,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="one size per headline preset (det_dense, det_index, cls_c80; plus cls_c32000 and seg on GPU), "
-                             "full mode, one dtype, fewer repetitions; under 2 minutes on a 2-core CPU")
+                        help="one size per preset with a quick size (all but cls_c10 and binary), full mode, one dtype "
+                             "(seg_bf16: bf16), no reference provider; a few minutes on a 2-core CPU")
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu or cuda")
     parser.add_argument("--presets", default="all", help=f"comma list from {list(PRESETS)} or 'all'")
     parser.add_argument("--providers", default=None,
-                        help=f"comma list from {PROVIDERS} (default: all; --quick: focal_cuda,naive,compiled)")
+                        help=f"comma list from {PROVIDERS} (default: all; --quick: all but reference)")
     parser.add_argument("--modes", default=None, help=f"comma list from {MODES} (default: all; --quick: full)")
     parser.add_argument("--dtypes", default=None,
                         help="comma list from fp32,bf16,fp16,fp64 (default: fp32,bf16 on CPU, plus fp16 on GPU; "
@@ -685,7 +699,7 @@ def parse_args(argv=None):
         else:
             args.dtypes = "fp32,bf16,fp16" if on_gpu else "fp32,bf16"
     if args.providers is None:
-        args.providers = "focal_cuda,naive,compiled" if args.quick else ",".join(PROVIDERS)
+        args.providers = ",".join(p for p in PROVIDERS if p != "reference") if args.quick else ",".join(PROVIDERS)
     if args.modes is None:
         args.modes = "full" if args.quick else ",".join(MODES)
     return args

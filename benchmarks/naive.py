@@ -7,6 +7,7 @@ users actually run before switching to focal_cuda.
 - ``sigmoid_focal_loss``: torchvision.ops.sigmoid_focal_loss's formula (BCE-with-logits times the
   modulating factor, then the alpha weight).
 - ``BCEFocalLoss``: the binary class on probabilities (output of a sigmoid).
+- ``softmax_focal_loss_plain``: log_softmax + gather, the best plain formulation (what the benchmark compiles).
 """
 import torch
 import torch.nn as nn
@@ -95,3 +96,16 @@ class BCEFocalLoss(nn.Module):
         elif self.reduction == "sum":
             loss = torch.sum(loss)
         return loss
+
+
+def softmax_focal_loss_plain(inputs, targets, gamma=2.0, reduction="mean"):
+    """The shortest correct plain-PyTorch softmax focal loss: log_softmax, gather the target class, focal
+    factor from exp(log p_t). (N, C) or (N, C, d1, ...) logits, as F.cross_entropy. What torch.compile is
+    given in the benchmark (not the float64-minded reference)."""
+    logp_t = F.log_softmax(inputs, dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    loss = -((1 - logp_t.exp()) ** gamma) * logp_t
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss

@@ -18,6 +18,16 @@ def _build_description(ops_module):
     return f"CPU + CUDA{' ' + cuda_version if cuda_version else ''}, architectures {archs}"
 
 
+def _parallel_description():
+    """torch's parallel backend and threads, and how many of them the extension's at::parallel_for used."""
+    backend = next((line.split(":", 1)[1].strip() for line in torch.__config__.parallel_info().splitlines()
+                    if line.startswith("ATen parallel backend")), "unknown")
+    threads = torch.get_num_threads()
+    used = torch.ops.focal_cuda.parallel_threads_used(threads)
+    verdict = "" if used == threads else " (the extension runs serially: rebuild it with OpenMP)"
+    return f"{backend} backend, {threads} threads, kernels ran on {used}{verdict}"
+
+
 def _smoke_test(device):
     """One tiny forward+backward on `device` against the pure-PyTorch reference; returns a one-line verdict."""
     from . import reference, sigmoid_focal_loss
@@ -46,6 +56,7 @@ def main():
     print(f"  build:     {_build_description(_ops)}")
     print(f"  torch:     {torch.__version__} (CUDA {torch.version.cuda or 'none'}), "
           f"Python {platform.python_version()}, {platform.machine()}")
+    print(f"  CPU parallel: {_parallel_description()}")
     print(f"  CPU kernels: {_smoke_test('cpu')}")
 
     if not torch.cuda.is_available():

@@ -86,6 +86,14 @@ inline Vec onehot(const Vec& class_ids, const Vec& target_id) {
   return Vec::blendv(Vec(0), Vec(1), class_ids == target_id);
 }
 
+// One-hot of target_id over classes j, j+1, ...: lane k compares k with target_id - j, so the lane indices
+// are built once (Vec::arange assembles them lane by lane).
+template <typename Vec>
+inline Vec onehot_from(int64_t j, const Vec& target_id) {
+  static const Vec lanes = lane_ids<Vec>(0);
+  return onehot(lanes, target_id - Vec(static_cast<typename Vec::value_type>(j)));
+}
+
 // A per-thread scratch array of at least n elements (slot: several may be live at once), reused across calls.
 template <typename T, int slot>
 inline T* scratch(int64_t n) {
@@ -94,13 +102,19 @@ inline T* scratch(int64_t n) {
   return buffer.data();
 }
 
+// Blocks b0..b1-1 of fn, out of line: at::parallel_for inlines its body twice (the serial path and the OpenMP
+// region), and g++ may contract a * b + c into an FMA differently in each copy; one copy keeps the results
+// bitwise independent of the thread count.
+template <typename BlockFn>
+C10_NOINLINE void run_blocks(const BlockFn& fn, int64_t b0, int64_t b1, ForwardSums* partial) {
+  for (int64_t b = b0; b < b1; ++b) partial[b] = fn(b);
+}
+
 // Runs fn over `num_blocks` blocks in parallel, each returning ForwardSums, and adds them in block order.
 template <typename BlockFn>
 ForwardSums reduce_blocks(int64_t num_blocks, const BlockFn& fn) {
   std::vector<ForwardSums> partial(static_cast<size_t>(num_blocks));
-  at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) partial[b] = fn(b);
-  });
+  at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) { run_blocks(fn, b0, b1, partial.data()); });
   ForwardSums total;
   for (const auto& s : partial) {
     total.loss_sum += s.loss_sum;
@@ -131,6 +145,8 @@ inline void pointwise_segment(const scalar_t* x, int64_t len, const TargetAt& ta
   };
   int64_t j = 0;
   for (; j + Vec::size() <= len; j += Vec::size()) {
+    prefetch_ahead(x + j);
+    if (grad != nullptr) prefetch_ahead(grad + j, /*write=*/true);
     Vec l, g;
     compute(load_full(x + j), j, Vec::size(), l, g);
     if (loss != nullptr) store_full(l, loss + j);
@@ -166,7 +182,10 @@ ForwardSums dense_pointwise_forward(const ForwardArgs& args, const Point& point,
   ForwardSums sums = reduce_blocks(at::divup(n, kBlock), [&](int64_t b) {
     const int64_t begin = b * kBlock;
     const int64_t len = std::min(kBlock, n - begin);
-    const auto target_at = [&](int64_t j, int64_t cnt) { return load_opmath(t + begin + j, cnt); };
+    const auto target_at = [&](int64_t j, int64_t cnt) {
+      prefetch_ahead(t + begin + j);
+      return load_opmath(t + begin + j, cnt);
+    };
     Vec acc(0);
     scalar_t* loss_block = loss ? loss + begin : nullptr;
     scalar_t* grad_block = grad ? grad + begin : nullptr;
@@ -237,7 +256,7 @@ ForwardSums elementwise_rows_forward(const ForwardArgs& args, const Point& point
     scalar_t* grad_row = grad ? grad + r * C : nullptr;
     const Vec target_id(static_cast<op_t>(tgt)), q(score ? static_cast<op_t>(score[r]) : op_t(1));
     const auto target_at = [&](int64_t j, int64_t cnt) {
-      return index_target ? onehot(lane_ids<Vec>(j), target_id) * q : load_opmath(dense_target + r * C + j, cnt);
+      return index_target ? onehot_from(j, target_id) * q : load_opmath(dense_target + r * C + j, cnt);
     };
     const auto weight_at = [&](int64_t j, int64_t cnt) {
       switch (args.weight_mode) {
@@ -447,6 +466,12 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
       const Vec m(max_of[i]);
       Vec s(0);
       for (int64_t j = 0; j < full_end; j += L) {
+        // the next group's logits and gradient: their DRAM traffic overlaps this group's arithmetic
+        prefetch_ahead(row + n * C + j - kPrefetchBytes / static_cast<int64_t>(sizeof(scalar_t)));
+        if (grad_all != nullptr) {
+          prefetch_ahead(grad_all + (r0 + i + n) * C + j - kPrefetchBytes / static_cast<int64_t>(sizeof(scalar_t)),
+                         /*write=*/true);
+        }
         const Vec e = (load_full(row + j) - m).exp();
         e.store(e_row + j);
         s += e;
@@ -510,7 +535,7 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
         for (int64_t j = 0; j < C; j += L) {
           const int64_t cnt = std::min<int64_t>(L, C - j);
           const Vec p = Vec::loadu(e_row + j, cnt) * inv_sum;
-          const Vec g = class_qh == nullptr ? coeff * (p - onehot(lane_ids<Vec>(j), target_id))
+          const Vec g = class_qh == nullptr ? coeff * (p - onehot_from(j, target_id))
                                             : (p * coeff - Vec::loadu(class_qh + i * C + j, cnt)) * scale;
           store_opmath(g, grad + j, cnt);
         }
@@ -569,6 +594,10 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
     }
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t v = 0; v < vecs; ++v) {
+        // the next chunk's logits and gradient: their DRAM traffic overlaps this chunk's arithmetic
+        const int64_t next = c * S + chunk + v * L - kPrefetchBytes / static_cast<int64_t>(sizeof(scalar_t));
+        prefetch_ahead(x + next);
+        if (grad_all != nullptr) prefetch_ahead(grad_all + n * C * S + s_begin + next, /*write=*/true);
         const Vec e = (load_at(c, v) - vmax[v]).exp();
         e.store(shifted_exp + c * chunk + v * L);
         vsum[v] += e;
