@@ -115,7 +115,15 @@ PRESETS = {
                      quick=(256, 2048), dtype="bf16", about="segmentation, softmax, (8, 19, H, W), bfloat16 logits"),
     "binary": dict(op="binary", C=80, cpu=[16384, 65536, 262144], gpu=[1 << 20, 1 << 22, 1 << 23],
                    quick=None, about="multi-label on probabilities, (N, 80) after a sigmoid, dense targets"),
+    "vfl_index": dict(op="varifocal_index", C=80, cpu=[16384, 65536, 262144], gpu=[1 << 20, 1 << 22, 1 << 23],
+                      quick=(65536, 1 << 22),
+                      about="varifocal (VarifocalNet), (anchors, 80), class-index targets + IoU score per anchor"),
+    "asl_c80": dict(op="asymmetric", C=80, cpu=[16384, 65536, 262144], gpu=[1 << 20, 1 << 22, 1 << 23],
+                    quick=(65536, 1 << 22), about="asymmetric loss (ASL), multi-label (N, 80), dense 0/1 targets"),
 }
+# The focal family's presets: ASL's repository defaults (gamma_pos 1, gamma_neg 4, clip 0.05), mmdet's varifocal.
+ASL = dict(gamma_pos=1.0, gamma_neg=4.0, clip=0.05)
+VFL = dict(alpha=0.75, gamma=2.0)
 PROVIDERS = ["focal_cuda", "naive", "compiled", "cross_entropy", "roofline", "reference"]
 BASELINES = ["roofline", "cross_entropy", "compiled", "naive"]  # the "x P" columns
 MODES = ["forward", "backward", "full"]
@@ -155,7 +163,17 @@ def make_inputs(preset, size, dtype, device, seed=0):
         prob = torch.sigmoid(logits.float()).clamp(1e-3, 1 - 1e-3).to(dtype)
         target = (torch.rand(shape, device=device, generator=generator) < 1.0 / C).to(dtype)
         return prob, target
-    raise ValueError(f"preset op: expected one of sigmoid_dense, sigmoid_index, softmax, softmax_spatial, binary, given {op!r}")
+    if op == "varifocal_index":
+        # (labels, IoU score): most anchors background (C), positives scored by their box's IoU
+        rows = shape[0]
+        positive = torch.randint(0, C, (rows,), device=device, generator=generator)
+        is_background = torch.rand(rows, device=device, generator=generator) < 0.9
+        labels = torch.where(is_background, torch.full_like(positive, C), positive)
+        return logits, (labels, torch.rand(rows, device=device, generator=generator).to(dtype))
+    if op == "asymmetric":
+        # multi-label: a few positive labels per sample, as in MS-COCO/NUS-WIDE
+        return logits, (torch.rand(shape, device=device, generator=generator) < 3.0 / C).to(dtype)
+    raise ValueError(f"preset op: expected one of sigmoid_dense, sigmoid_index, softmax, softmax_spatial, binary, varifocal_index, asymmetric, given {op!r}")
 
 
 def reference_function(op, reference):
@@ -164,6 +182,10 @@ def reference_function(op, reference):
         return lambda x, t, reduction: reference.sigmoid_focal_loss(x, t, ALPHA, GAMMA, reduction)
     if op in ("softmax", "softmax_spatial"):
         return lambda x, t, reduction: reference.softmax_focal_loss(x, t, None, GAMMA, reduction)
+    if op == "varifocal_index":
+        return lambda x, t, reduction: reference.varifocal_loss(x, t[0], reduction=reduction, score=t[1], **VFL)
+    if op == "asymmetric":
+        return lambda x, t, reduction: reference.asymmetric_loss(x, t, reduction=reduction, **ASL)
     return lambda x, t, reduction: reference.binary_focal_loss(x, t, ALPHA, GAMMA, reduction)
 
 
@@ -177,19 +199,35 @@ def plain_function(op, C, reduction):
                                                      reduction)
     if op in ("softmax", "softmax_spatial"):
         return lambda x, t: naive.softmax_focal_loss_plain(x, t, GAMMA, reduction)
+    if op in ("varifocal_index", "asymmetric"):
+        return family_naive(op, reduction)  # the original formula is already the plain one
     return naive.BCEFocalLoss(gamma=GAMMA, alpha=ALPHA, reduction=reduction)
+
+
+def family_naive(op, reduction):
+    """The focal family as written in its original repository (mmdet's varifocal, Alibaba-MIIL's ASL)."""
+    if op == "varifocal_index":
+        return lambda x, t: naive.varifocal_index_score(x, t[0], t[1], reduction=reduction, **VFL)
+    return naive.AsymmetricLoss(gamma_neg=ASL["gamma_neg"], gamma_pos=ASL["gamma_pos"], clip=ASL["clip"],
+                                reduction=reduction)
 
 
 def make_provider(name, preset, reduction, focal_cuda, reference, compiled_functions, x, target):
     """A callable (x, target) -> loss for one provider on one preset (x, target: the case's tensors)."""
     op, C = preset["op"], preset["C"]
     if name == "focal_cuda":
+        if op == "varifocal_index":
+            return lambda x, t: focal_cuda.varifocal_loss(x, t[0], reduction=reduction, score=t[1], **VFL)
+        if op == "asymmetric":
+            return lambda x, t: focal_cuda.asymmetric_loss(x, t, reduction=reduction, **ASL)
         if op in ("sigmoid_dense", "sigmoid_index"):
             return lambda x, t: focal_cuda.sigmoid_focal_loss(x, t, ALPHA, GAMMA, reduction)
         if op in ("softmax", "softmax_spatial"):
             return lambda x, t: focal_cuda.softmax_focal_loss(x, t, None, GAMMA, reduction)
         return lambda x, t: focal_cuda.binary_focal_loss(x, t, ALPHA, GAMMA, reduction)
     if name == "naive":
+        if op in ("varifocal_index", "asymmetric"):
+            return family_naive(op, reduction)
         if op == "sigmoid_dense":
             return lambda x, t: naive.sigmoid_focal_loss(x, t, ALPHA, GAMMA, reduction)
         if op == "sigmoid_index":
@@ -214,7 +252,12 @@ def make_provider(name, preset, reduction, focal_cuda, reference, compiled_funct
         if op == "binary":
             return lambda x, t: F.binary_cross_entropy(x, t, reduction=reduction)
         # dense targets made once, outside the timing: the baseline gets the favourable case
-        dense = target if op == "sigmoid_dense" else F.one_hot(target, C + 1)[..., :C].to(x.dtype)
+        if op == "varifocal_index":
+            dense = F.one_hot(target[0], C + 1)[..., :C].to(x.dtype) * target[1].unsqueeze(-1)
+        elif op in ("sigmoid_dense", "asymmetric"):
+            dense = target
+        else:
+            dense = F.one_hot(target, C + 1)[..., :C].to(x.dtype)
         return lambda x, _: F.binary_cross_entropy_with_logits(x, dense, reduction=reduction)
     if name == "roofline":
         out = torch.empty_like(x, requires_grad=False)
@@ -368,6 +411,8 @@ def provider_failure(error, provider, case):
 
 
 def tensor_bytes(tensor):
+    if isinstance(tensor, (tuple, list)):  # class indices + per-row score
+        return sum(tensor_bytes(t) for t in tensor)
     return tensor.numel() * tensor.element_size()
 
 

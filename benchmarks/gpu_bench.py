@@ -53,6 +53,10 @@ def presets(scale, dtype):
         yield (f"softmax_C{C}", (rows, C), dtype,
                {"focal_cuda": lambda x, t: focal_cuda.softmax_focal_loss(x, t),
                 "naive": plain_softmax_focal, "cross_entropy": lambda x, t: F.cross_entropy(x, t)}, "softmax")
+    yield ("varifocal_index", (n(4_000_000), 80), dtype,
+           {"focal_cuda": lambda x, t: focal_cuda.varifocal_loss(x, t, score=t.score),
+            "naive": lambda x, t: naive.varifocal_index_score(x, t, t.score), "cross_entropy": sigmoid_index_bce},
+           "varifocal")
     yield ("segmentation", (16, 19, n(512), 512), dtype,
            {"focal_cuda": lambda x, t: focal_cuda.softmax_focal_loss(x, t),
             "naive": plain_softmax_focal, "cross_entropy": lambda x, t: F.cross_entropy(x, t)}, "softmax")
@@ -60,8 +64,10 @@ def presets(scale, dtype):
 
 def make_inputs(shape, dtype, kind, device):
     x = torch.randn(shape, device=device, dtype=dtype).requires_grad_(True)
-    if kind == "sigmoid":
+    if kind in ("sigmoid", "varifocal"):
         t = torch.randint(0, shape[-1] + 1, shape[:-1], device=device)
+        if kind == "varifocal":  # the IoU score of each anchor's target class rides on the label tensor
+            t.score = torch.rand(shape[:-1], device=device, dtype=dtype)
     else:
         t = torch.randint(0, shape[1], (shape[0],) + tuple(shape[2:]), device=device)
     return x, t
@@ -113,6 +119,8 @@ def main():
         for preset, shape, _, providers, kind in presets(args.scale, dtype):
             x, t = make_inputs(shape, dtype, kind, device)
             traffic = 4 * x.numel() * x.element_size() + t.numel() * t.element_size()
+            if hasattr(t, "score"):
+                traffic += t.score.numel() * t.score.element_size()
             if args.compile:
                 providers = dict(providers, compiled=torch.compile(providers["naive"], dynamic=False))
             focal_ms = None

@@ -109,3 +109,59 @@ def softmax_focal_loss_plain(inputs, targets, gamma=2.0, reduction="mean"):
     if reduction == "sum":
         return loss.sum()
     return loss
+
+
+def mmdet_varifocal_loss(pred, target, alpha=0.75, gamma=2.0, iou_weighted=True, reduction="mean"):
+    """mmdet's varifocal_loss (VarifocalNet) on a dense IoU-aware target, as written there."""
+    pred_sigmoid = pred.sigmoid()
+    target = target.type_as(pred)
+    if iou_weighted:
+        focal_weight = target * (target > 0.0).float() + \
+            alpha * (pred_sigmoid - target).abs().pow(gamma) * (target <= 0.0).float()
+    else:
+        focal_weight = (target > 0.0).float() + alpha * (pred_sigmoid - target).abs().pow(gamma) * (target <= 0.0).float()
+    loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none") * focal_weight
+    return loss.mean() if reduction == "mean" else (loss.sum() if reduction == "sum" else loss)
+
+
+def varifocal_index_score(pred, labels, score, alpha=0.75, gamma=2.0, reduction="mean"):
+    """What mmdet users run for class-index labels (C = background) + IoU scores: a dense target first."""
+    C = pred.shape[-1]
+    target = F.one_hot(labels, C + 1)[..., :C].to(pred.dtype) * score.unsqueeze(-1).to(pred.dtype)
+    return mmdet_varifocal_loss(pred, target, alpha, gamma, True, reduction)
+
+
+class AsymmetricLoss(nn.Module):
+    """Alibaba-MIIL/ASL's AsymmetricLoss (multi-label, logits), as written there; reduction added."""
+
+    def __init__(self, gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-8, disable_torch_grad_focal_loss=True,
+                 reduction="sum"):
+        super().__init__()
+        self.gamma_neg = gamma_neg
+        self.gamma_pos = gamma_pos
+        self.clip = clip
+        self.disable_torch_grad_focal_loss = disable_torch_grad_focal_loss
+        self.eps = eps
+        self.reduction = reduction
+
+    def forward(self, x, y):
+        x_sigmoid = torch.sigmoid(x)
+        xs_pos = x_sigmoid
+        xs_neg = 1 - x_sigmoid
+        if self.clip is not None and self.clip > 0:
+            xs_neg = (xs_neg + self.clip).clamp(max=1)
+        los_pos = y * torch.log(xs_pos.clamp(min=self.eps))
+        los_neg = (1 - y) * torch.log(xs_neg.clamp(min=self.eps))
+        loss = los_pos + los_neg
+        if self.gamma_neg > 0 or self.gamma_pos > 0:
+            if self.disable_torch_grad_focal_loss:
+                torch.set_grad_enabled(False)
+            pt0 = xs_pos * y
+            pt1 = xs_neg * (1 - y)
+            pt = pt0 + pt1
+            one_sided_gamma = self.gamma_pos * y + self.gamma_neg * (1 - y)
+            one_sided_w = torch.pow(1 - pt, one_sided_gamma)
+            if self.disable_torch_grad_focal_loss:
+                torch.set_grad_enabled(True)
+            loss *= one_sided_w
+        return -loss.mean() if self.reduction == "mean" else -loss.sum()

@@ -11,4 +11,17 @@ enum class ElementwiseLoss : int { kSigmoidFocal, kBinaryFocal, kVarifocal, kQua
 // leading dims, read once per row) or per class (the last dim).
 enum class WeightMode : int { kNone, kElement, kRow, kClass };
 
+// The scalar arguments of an elementwise loss; each loss reads its own.
+struct ElementwiseConstants {
+  double alpha = -1.0;           // sigmoid / binary focal: < 0 disables; varifocal: the negatives' weight
+  double gamma = 2.0;            // the focal exponent; quality focal: beta; asymmetric: gamma_pos
+  double gamma_neg = 4.0;        // asymmetric
+  double clip = 0.05;            // asymmetric
+  double eps = 1e-8;             // asymmetric
+  double label_smoothing = 0.0;  // sigmoid focal
+  double poly_epsilon = 0.0;     // sigmoid focal
+  bool iou_weighted = true;      // varifocal
+  bool detach_modulation = true; // asymmetric
+};
+
 }  // namespace focal

@@ -96,6 +96,96 @@ void check_softmax_weight(const at::Tensor& input, const at::Tensor& target, con
                     target.sizes(), ", got ", weight->sizes());
 }
 
+namespace {
+
+ElementwiseCall elementwise_call(ElementwiseLoss kind, const ElementwiseConstants& constants, const at::Tensor& input,
+                                 const at::Tensor& target, const std::optional<at::Tensor>& score,
+                                 const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& class_alpha,
+                                 const std::optional<at::Tensor>& normalizer, int64_t reduction, int64_t ignore_index,
+                                 bool compute_grad) {
+  ElementwiseCall call;
+  call.kind = kind;
+  call.constants = constants;
+  call.input = input;
+  call.target = target;
+  call.score = score;
+  call.weight = weight;
+  call.weight_mode = check_elementwise_extras(input, target, score, weight, class_alpha);
+  call.class_alpha = class_alpha;
+  call.normalizer = normalizer;
+  call.reduction = reduction;
+  call.ignore_index = ignore_index;
+  call.compute_grad = compute_grad;
+  return call;
+}
+
+}  // namespace
+
+ElementwiseCall sigmoid_focal_call(const at::Tensor& input, const at::Tensor& target, double alpha, double gamma,
+                                   int64_t reduction, int64_t ignore_index, double label_smoothing,
+                                   const std::optional<at::Tensor>& normalizer, bool compute_grad,
+                                   const std::optional<at::Tensor>& weight,
+                                   const std::optional<at::Tensor>& class_alpha, double poly_epsilon) {
+  check_sigmoid_args(input, target, reduction, normalizer);
+  ElementwiseConstants c;
+  c.alpha = alpha;
+  c.gamma = gamma;
+  c.label_smoothing = label_smoothing;
+  c.poly_epsilon = poly_epsilon;
+  return elementwise_call(ElementwiseLoss::kSigmoidFocal, c, input, target, std::nullopt, weight, class_alpha,
+                          normalizer, reduction, ignore_index, compute_grad);
+}
+
+ElementwiseCall binary_focal_call(const at::Tensor& prob, const at::Tensor& target, double alpha, double gamma,
+                                  int64_t reduction, bool compute_grad, const std::optional<at::Tensor>& weight) {
+  check_binary_args(prob, target, reduction);
+  ElementwiseConstants c;
+  c.alpha = alpha;
+  c.gamma = gamma;
+  return elementwise_call(ElementwiseLoss::kBinaryFocal, c, prob, target, std::nullopt, weight, std::nullopt,
+                          std::nullopt, reduction, /*ignore_index=*/-100, compute_grad);
+}
+
+ElementwiseCall varifocal_call(const at::Tensor& input, const at::Tensor& target,
+                               const std::optional<at::Tensor>& score, double alpha, double gamma, bool iou_weighted,
+                               int64_t reduction, int64_t ignore_index, const std::optional<at::Tensor>& normalizer,
+                               bool compute_grad, const std::optional<at::Tensor>& weight) {
+  check_sigmoid_args(input, target, reduction, normalizer);
+  ElementwiseConstants c;
+  c.alpha = alpha;
+  c.gamma = gamma;
+  c.iou_weighted = iou_weighted;
+  return elementwise_call(ElementwiseLoss::kVarifocal, c, input, target, score, weight, std::nullopt, normalizer,
+                          reduction, ignore_index, compute_grad);
+}
+
+ElementwiseCall quality_focal_call(const at::Tensor& input, const at::Tensor& target,
+                                   const std::optional<at::Tensor>& score, double beta, int64_t reduction,
+                                   int64_t ignore_index, const std::optional<at::Tensor>& normalizer,
+                                   bool compute_grad, const std::optional<at::Tensor>& weight) {
+  check_sigmoid_args(input, target, reduction, normalizer);
+  ElementwiseConstants c;
+  c.gamma = beta;
+  return elementwise_call(ElementwiseLoss::kQualityFocal, c, input, target, score, weight, std::nullopt, normalizer,
+                          reduction, ignore_index, compute_grad);
+}
+
+ElementwiseCall asymmetric_call(const at::Tensor& input, const at::Tensor& target, double gamma_pos,
+                                double gamma_neg, double clip, double eps, bool detach_modulation, int64_t reduction,
+                                int64_t ignore_index, const std::optional<at::Tensor>& normalizer, bool compute_grad,
+                                const std::optional<at::Tensor>& weight) {
+  check_sigmoid_args(input, target, reduction, normalizer);
+  ElementwiseConstants c;
+  c.gamma = gamma_pos;
+  c.gamma_neg = gamma_neg;
+  c.clip = clip;
+  c.eps = eps;
+  c.detach_modulation = detach_modulation;
+  return elementwise_call(ElementwiseLoss::kAsymmetric, c, input, target, std::nullopt, weight, std::nullopt,
+                          normalizer, reduction, ignore_index, compute_grad);
+}
+
 at::ScalarType opmath_dtype(const at::Tensor& input) {
   return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }

@@ -44,6 +44,53 @@ WeightMode check_elementwise_extras(const at::Tensor& input, const at::Tensor& t
 // A softmax weight has the target's shape (one per row).
 void check_softmax_weight(const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight);
 
+// One checked elementwise forward call: what every backend's elementwise kernel takes.
+struct ElementwiseCall {
+  ElementwiseLoss kind = ElementwiseLoss::kSigmoidFocal;
+  ElementwiseConstants constants;
+  at::Tensor input;
+  at::Tensor target;
+  std::optional<at::Tensor> score;
+  std::optional<at::Tensor> weight;
+  WeightMode weight_mode = WeightMode::kNone;
+  std::optional<at::Tensor> class_alpha;
+  std::optional<at::Tensor> normalizer;
+  int64_t reduction = 1;
+  int64_t ignore_index = -100;
+  bool compute_grad = false;
+};
+
+// The elementwise ops' schemas (ops.cpp) turned into a checked ElementwiseCall, once for every backend.
+ElementwiseCall sigmoid_focal_call(const at::Tensor& input, const at::Tensor& target, double alpha, double gamma,
+                                   int64_t reduction, int64_t ignore_index, double label_smoothing,
+                                   const std::optional<at::Tensor>& normalizer, bool compute_grad,
+                                   const std::optional<at::Tensor>& weight,
+                                   const std::optional<at::Tensor>& class_alpha, double poly_epsilon);
+ElementwiseCall binary_focal_call(const at::Tensor& prob, const at::Tensor& target, double alpha, double gamma,
+                                  int64_t reduction, bool compute_grad, const std::optional<at::Tensor>& weight);
+ElementwiseCall varifocal_call(const at::Tensor& input, const at::Tensor& target,
+                               const std::optional<at::Tensor>& score, double alpha, double gamma, bool iou_weighted,
+                               int64_t reduction, int64_t ignore_index, const std::optional<at::Tensor>& normalizer,
+                               bool compute_grad, const std::optional<at::Tensor>& weight);
+ElementwiseCall quality_focal_call(const at::Tensor& input, const at::Tensor& target,
+                                   const std::optional<at::Tensor>& score, double beta, int64_t reduction,
+                                   int64_t ignore_index, const std::optional<at::Tensor>& normalizer,
+                                   bool compute_grad, const std::optional<at::Tensor>& weight);
+ElementwiseCall asymmetric_call(const at::Tensor& input, const at::Tensor& target, double gamma_pos,
+                                double gamma_neg, double clip, double eps, bool detach_modulation, int64_t reduction,
+                                int64_t ignore_index, const std::optional<at::Tensor>& normalizer, bool compute_grad,
+                                const std::optional<at::Tensor>& weight);
+
+// The op `make_call` builds a call for, run by a backend's elementwise `forward`: a backend registers
+// &ElementwiseOp<&its_forward, &varifocal_call>::run, so the schema-to-call code exists once.
+using ElementwiseForward = LossGradScale (*)(const ElementwiseCall&);
+template <ElementwiseForward forward, auto make_call>
+struct ElementwiseOp;
+template <ElementwiseForward forward, typename... Args, ElementwiseCall (*make_call)(Args...)>
+struct ElementwiseOp<forward, make_call> {
+  static LossGradScale run(Args... args) { return forward(make_call(args...)); }
+};
+
 // float64 for double inputs, float32 otherwise: the dtype of the math, of alpha and of grad_scale.
 at::ScalarType opmath_dtype(const at::Tensor& input);
 

@@ -18,6 +18,9 @@ OPS = [
     "sigmoid_focal_bwd",
     "softmax_focal_bwd",
     "binary_focal_bwd",
+    "varifocal_fwd",
+    "quality_focal_fwd",
+    "asymmetric_fwd",
 ]
 
 

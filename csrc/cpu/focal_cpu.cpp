@@ -90,88 +90,41 @@ LossGradScale finish(const cpu::ForwardArgs& args, const cpu::ForwardSums& sums,
                         /*grad_prescaled=*/true);
 }
 
-// Every elementwise loss: checks the family's optional inputs, counts the mean's denominator, runs the kernel.
-LossGradScale elementwise_fwd_cpu(const cpu::ElementwiseLossArgs& loss_args, cpu::ForwardArgs args,
-                                  const at::Tensor& input, const at::Tensor& target,
-                                  const std::optional<at::Tensor>& score, const std::optional<at::Tensor>& weight,
-                                  const std::optional<at::Tensor>& class_alpha,
-                                  const std::optional<at::Tensor>& normalizer, int64_t reduction) {
-  args.weight_mode = check_elementwise_extras(input, target, score, weight, class_alpha);
-  if (score.has_value()) args.score = score->contiguous();
-  if (weight.has_value()) args.weight = weight->contiguous();
-  if (class_alpha.has_value()) args.class_alpha = class_alpha->contiguous();
-  args.grad_scale = mean_grad_scale(reduction, normalizer, [&] {
-    const int64_t C = input.dim() == 0 ? 1 : input.size(-1);
-    return target.scalar_type() == at::kLong ? counted_targets(target, args.ignore_index) * C : input.numel();
+// prob must hold probabilities, as torch.nn.BCELoss requires on CPU: one read-only pass before any output is
+// made (so a bad call changes nothing). NaN passes, and propagates to its own entry as a NaN logit does.
+void check_prob_range(const at::Tensor& prob) {
+  const at::Tensor p = prob.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "binary_focal_prob_check", [&] {
+    const scalar_t* data = p.data_ptr<scalar_t>();
+    const int64_t n = p.numel();
+    using op_t = at::opmath_type<scalar_t>;
+    const auto outside = [](scalar_t v) { return static_cast<op_t>(v) < op_t(0) || static_cast<op_t>(v) > op_t(1); };
+    bool bad = false;
+    for (int64_t i = 0; i < n; ++i) bad |= outside(data[i]);  // no early exit: the loop vectorises
+    if (!bad) return;
+    const int64_t i = std::find_if(data, data + n, outside) - data;
+    TORCH_CHECK(false, "prob: expected probabilities in [0, 1] (as torch.nn.BCELoss), got ",
+                static_cast<double>(data[i]), " at position ", i);
   });
-  const auto sums = FOCAL_CPU_KERNEL(elementwise_forward, args, loss_args);
-  return finish(args, sums, normalizer, reduction);
 }
 
-LossGradScale sigmoid_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& target, double alpha, double gamma,
-                                    int64_t reduction, int64_t ignore_index, double label_smoothing,
-                                    const std::optional<at::Tensor>& normalizer, bool compute_grad,
-                                    const std::optional<at::Tensor>& weight,
-                                    const std::optional<at::Tensor>& class_alpha, double poly_epsilon) {
-  check_sigmoid_args(input, target, reduction, normalizer);
-  cpu::ForwardArgs args = make_args(input, target, input.sizes(), reduction, compute_grad);
-  args.gamma = gamma;
-  args.label_smoothing = label_smoothing;
-  args.ignore_index = ignore_index;
-  args.poly_epsilon = poly_epsilon;
-  cpu::ElementwiseLossArgs loss_args;
-  loss_args.kind = ElementwiseLoss::kSigmoidFocal;
-  loss_args.alpha = alpha;
-  return elementwise_fwd_cpu(loss_args, std::move(args), input, target, std::nullopt, weight, class_alpha, normalizer,
-                             reduction);
-}
-
-LossGradScale varifocal_fwd_cpu(const at::Tensor& input, const at::Tensor& target,
-                                const std::optional<at::Tensor>& score, double alpha, double gamma, bool iou_weighted,
-                                int64_t reduction, int64_t ignore_index, const std::optional<at::Tensor>& normalizer,
-                                bool compute_grad, const std::optional<at::Tensor>& weight) {
-  check_sigmoid_args(input, target, reduction, normalizer);
-  cpu::ForwardArgs args = make_args(input, target, input.sizes(), reduction, compute_grad);
-  args.gamma = gamma;
-  args.ignore_index = ignore_index;
-  cpu::ElementwiseLossArgs loss_args;
-  loss_args.kind = ElementwiseLoss::kVarifocal;
-  loss_args.alpha = alpha;
-  loss_args.iou_weighted = iou_weighted;
-  return elementwise_fwd_cpu(loss_args, std::move(args), input, target, score, weight, std::nullopt, normalizer,
-                             reduction);
-}
-
-LossGradScale quality_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& target,
-                                    const std::optional<at::Tensor>& score, double beta, int64_t reduction,
-                                    int64_t ignore_index, const std::optional<at::Tensor>& normalizer,
-                                    bool compute_grad, const std::optional<at::Tensor>& weight) {
-  check_sigmoid_args(input, target, reduction, normalizer);
-  cpu::ForwardArgs args = make_args(input, target, input.sizes(), reduction, compute_grad);
-  args.gamma = beta;
-  args.ignore_index = ignore_index;
-  cpu::ElementwiseLossArgs loss_args;
-  loss_args.kind = ElementwiseLoss::kQualityFocal;
-  return elementwise_fwd_cpu(loss_args, std::move(args), input, target, score, weight, std::nullopt, normalizer,
-                             reduction);
-}
-
-LossGradScale asymmetric_fwd_cpu(const at::Tensor& input, const at::Tensor& target, double gamma_pos,
-                                 double gamma_neg, double clip, double eps, bool detach_modulation, int64_t reduction,
-                                 int64_t ignore_index, const std::optional<at::Tensor>& normalizer, bool compute_grad,
-                                 const std::optional<at::Tensor>& weight) {
-  check_sigmoid_args(input, target, reduction, normalizer);
-  cpu::ForwardArgs args = make_args(input, target, input.sizes(), reduction, compute_grad);
-  args.gamma = gamma_pos;
-  args.ignore_index = ignore_index;
-  cpu::ElementwiseLossArgs loss_args;
-  loss_args.kind = ElementwiseLoss::kAsymmetric;
-  loss_args.gamma_neg = gamma_neg;
-  loss_args.clip = clip;
-  loss_args.eps = eps;
-  loss_args.detach_modulation = detach_modulation;
-  return elementwise_fwd_cpu(loss_args, std::move(args), input, target, std::nullopt, weight, std::nullopt, normalizer,
-                             reduction);
+// Every elementwise loss (ElementwiseOp registers the ops): counts the mean's denominator, runs the kernel.
+LossGradScale elementwise_fwd_cpu(const ElementwiseCall& call) {
+  const at::Tensor& input = call.input;
+  if (call.kind == ElementwiseLoss::kBinaryFocal) check_prob_range(input);
+  cpu::ForwardArgs args = make_args(input, call.target, input.sizes(), call.reduction, call.compute_grad);
+  args.ignore_index = call.ignore_index;
+  args.weight_mode = call.weight_mode;
+  if (call.score.has_value()) args.score = call.score->contiguous();
+  if (call.weight.has_value()) args.weight = call.weight->contiguous();
+  if (call.class_alpha.has_value()) args.class_alpha = call.class_alpha->contiguous();
+  args.grad_scale = mean_grad_scale(call.reduction, call.normalizer, [&] {
+    const int64_t C = input.dim() == 0 ? 1 : input.size(-1);
+    return call.target.scalar_type() == at::kLong ? counted_targets(call.target, call.ignore_index) * C
+                                                  : input.numel();
+  });
+  const auto sums = FOCAL_CPU_KERNEL(elementwise_forward, args, cpu::ElementwiseLossArgs{call.kind, call.constants});
+  return finish(args, sums, call.normalizer, call.reduction);
 }
 
 LossGradScale softmax_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& target,
@@ -193,47 +146,19 @@ LossGradScale softmax_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& t
   return finish(args, sums, normalizer, reduction);
 }
 
-// prob must hold probabilities, as torch.nn.BCELoss requires on CPU: one read-only pass before any output is
-// made (so a bad call changes nothing). NaN passes, and propagates to its own entry as a NaN logit does.
-void check_prob_range(const at::Tensor& prob) {
-  const at::Tensor p = prob.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "binary_focal_prob_check", [&] {
-    const scalar_t* data = p.data_ptr<scalar_t>();
-    const int64_t n = p.numel();
-    using op_t = at::opmath_type<scalar_t>;
-    const auto outside = [](scalar_t v) { return static_cast<op_t>(v) < op_t(0) || static_cast<op_t>(v) > op_t(1); };
-    bool bad = false;
-    for (int64_t i = 0; i < n; ++i) bad |= outside(data[i]);  // no early exit: the loop vectorises
-    if (!bad) return;
-    const int64_t i = std::find_if(data, data + n, outside) - data;
-    TORCH_CHECK(false, "prob: expected probabilities in [0, 1] (as torch.nn.BCELoss), got ",
-                static_cast<double>(data[i]), " at position ", i);
-  });
-}
-
-LossGradScale binary_focal_fwd_cpu(const at::Tensor& prob, const at::Tensor& target, double alpha, double gamma,
-                                   int64_t reduction, bool compute_grad, const std::optional<at::Tensor>& weight) {
-  check_binary_args(prob, target, reduction);
-  check_prob_range(prob);
-  cpu::ForwardArgs args = make_args(prob, target, prob.sizes(), reduction, compute_grad);
-  args.gamma = gamma;
-  cpu::ElementwiseLossArgs loss_args;
-  loss_args.kind = ElementwiseLoss::kBinaryFocal;
-  loss_args.alpha = alpha;
-  return elementwise_fwd_cpu(loss_args, std::move(args), prob, target, std::nullopt, weight, std::nullopt,
-                             std::nullopt, reduction);
-}
 
 }  // namespace
 }  // namespace focal
 
 TORCH_LIBRARY_IMPL(focal_cuda, CPU, m) {
-  m.impl("sigmoid_focal_fwd", &focal::sigmoid_focal_fwd_cpu);
+  using focal::ElementwiseOp;
+  constexpr auto elementwise = &focal::elementwise_fwd_cpu;
+  m.impl("sigmoid_focal_fwd", &ElementwiseOp<elementwise, &focal::sigmoid_focal_call>::run);
+  m.impl("binary_focal_fwd", &ElementwiseOp<elementwise, &focal::binary_focal_call>::run);
+  m.impl("varifocal_fwd", &ElementwiseOp<elementwise, &focal::varifocal_call>::run);
+  m.impl("quality_focal_fwd", &ElementwiseOp<elementwise, &focal::quality_focal_call>::run);
+  m.impl("asymmetric_fwd", &ElementwiseOp<elementwise, &focal::asymmetric_call>::run);
   m.impl("softmax_focal_fwd", &focal::softmax_focal_fwd_cpu);
-  m.impl("binary_focal_fwd", &focal::binary_focal_fwd_cpu);
-  m.impl("varifocal_fwd", &focal::varifocal_fwd_cpu);
-  m.impl("quality_focal_fwd", &focal::quality_focal_fwd_cpu);
-  m.impl("asymmetric_fwd", &focal::asymmetric_fwd_cpu);
   m.impl("sigmoid_focal_bwd", &focal::elementwise_focal_bwd);
   m.impl("softmax_focal_bwd", &focal::softmax_focal_bwd);
   m.impl("binary_focal_bwd", &focal::elementwise_focal_bwd);

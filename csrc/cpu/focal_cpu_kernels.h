@@ -33,18 +33,13 @@ struct ForwardArgs {
   at::Tensor weight;       // see weight_mode
   WeightMode weight_mode = WeightMode::kNone;
   at::Tensor class_alpha;  // sigmoid focal: C per-class alphas
-  double poly_epsilon = 0.0;
+  double poly_epsilon = 0.0;  // softmax (the elementwise losses read ElementwiseConstants)
 };
 
-// The constants of an elementwise loss (ElementwiseLoss, focal_math.h); gamma comes from ForwardArgs.
+// An elementwise loss and its constants (ElementwiseLoss, focal_math.h).
 struct ElementwiseLossArgs {
   ElementwiseLoss kind = ElementwiseLoss::kSigmoidFocal;
-  double alpha = -1.0;     // sigmoid / binary focal: < 0 disables; varifocal: the negatives' weight
-  double gamma_neg = 4.0;  // asymmetric (gamma is gamma_pos)
-  double clip = 0.05;      // asymmetric
-  double eps = 1e-8;       // asymmetric
-  bool detach_modulation = true;  // asymmetric
-  bool iou_weighted = true;       // varifocal
+  ElementwiseConstants constants;
 };
 
 #define FOCAL_DECLARE_CPU_KERNELS(NS)                                                                     \

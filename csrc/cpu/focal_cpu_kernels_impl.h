@@ -313,19 +313,20 @@ template <typename scalar_t>
 ForwardSums elementwise_forward_typed(const ForwardArgs& args, const ElementwiseLossArgs& la) {
   using op_t = opmath_t<scalar_t>;
   using Vec = Vectorized<op_t>;
-  const Vec gamma(static_cast<op_t>(args.gamma));
+  const ElementwiseConstants& c = la.constants;
+  const Vec gamma(static_cast<op_t>(c.gamma));
   if (la.kind == ElementwiseLoss::kAsymmetric) {
-    const AsymmetricParams<Vec> prm{gamma, Vec(static_cast<op_t>(la.gamma_neg)), Vec(static_cast<op_t>(la.clip)),
-                                    Vec(static_cast<op_t>(la.eps)), la.detach_modulation};
+    const AsymmetricParams<Vec> prm{gamma, Vec(static_cast<op_t>(c.gamma_neg)), Vec(static_cast<op_t>(c.clip)),
+                                    Vec(static_cast<op_t>(c.eps)), c.detach_modulation};
     return elementwise_traverse<scalar_t>(args, [&](const Vec& x, const Vec& t, int64_t, int64_t, Vec& l, Vec& g) {
       asymmetric_point(x, t, prm, l, g);
     });
   }
-  const auto alpha = AlphaWeight<Vec>::from(la.alpha);
+  const auto alpha = AlphaWeight<Vec>::from(c.alpha);
   const op_t* class_alpha = args.class_alpha.defined() ? args.class_alpha.data_ptr<op_t>() : nullptr;
-  const Vec smoothing(static_cast<op_t>(args.label_smoothing)), poly(static_cast<op_t>(args.poly_epsilon));
-  const Vec varifocal_alpha(static_cast<op_t>(la.alpha));
-  return dispatch_gamma(args.gamma, [&](auto gamma_tag) {
+  const Vec smoothing(static_cast<op_t>(c.label_smoothing)), poly(static_cast<op_t>(c.poly_epsilon));
+  const Vec varifocal_alpha(static_cast<op_t>(c.alpha));
+  return dispatch_gamma(c.gamma, [&](auto gamma_tag) {
     constexpr int G = decltype(gamma_tag)::value;
     switch (la.kind) {
       case ElementwiseLoss::kSigmoidFocal:
@@ -344,7 +345,7 @@ ForwardSums elementwise_forward_typed(const ForwardArgs& args, const Elementwise
         });
       case ElementwiseLoss::kVarifocal:
         return elementwise_traverse<scalar_t>(args, [&](const Vec& x, const Vec& q, int64_t, int64_t, Vec& l, Vec& g) {
-          varifocal_point<G>(x, q, varifocal_alpha, gamma, la.iou_weighted, l, g);
+          varifocal_point<G>(x, q, varifocal_alpha, gamma, c.iou_weighted, l, g);
         });
       case ElementwiseLoss::kQualityFocal:
         return elementwise_traverse<scalar_t>(args, [&](const Vec& x, const Vec& y, int64_t, int64_t, Vec& l, Vec& g) {

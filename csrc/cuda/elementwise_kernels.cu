@@ -241,25 +241,26 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     // Dense targets count every element; class-index targets the elements of non-ignored rows.
     reduce.fixed_count = p.index_target ? -1 : p.numel;
     const auto launch = [&](const auto& point) { launch_with_point(in, loss, grad, point, reduce, device, stream); };
-    const op_t gamma = static_cast<op_t>(p.gamma);
+    const ElementwiseConstants& c = p.constants;
+    const op_t gamma = static_cast<op_t>(c.gamma);
     if (p.loss_kind == ElementwiseLoss::kAsymmetric) {
-      launch(AsymmetricPoint<op_t>{{gamma, static_cast<op_t>(p.gamma_neg), static_cast<op_t>(p.clip),
-                                    static_cast<op_t>(p.eps), p.detach_modulation}});
+      launch(AsymmetricPoint<op_t>{{gamma, static_cast<op_t>(c.gamma_neg), static_cast<op_t>(c.clip),
+                                    static_cast<op_t>(c.eps), c.detach_modulation}});
       return;
     }
-    dispatch_gamma(p.gamma, [&](auto gamma_tag) {
+    dispatch_gamma(c.gamma, [&](auto gamma_tag) {
       constexpr int G = decltype(gamma_tag)::value;
       switch (p.loss_kind) {
         case ElementwiseLoss::kSigmoidFocal:
-          launch(SigmoidPoint<G, op_t>{AlphaWeight<op_t>::from(p.alpha), static_cast<const op_t*>(p.class_alpha),
-                                       gamma, static_cast<op_t>(p.label_smoothing),
-                                       static_cast<op_t>(p.poly_epsilon)});
+          launch(SigmoidPoint<G, op_t>{AlphaWeight<op_t>::from(c.alpha), static_cast<const op_t*>(p.class_alpha),
+                                       gamma, static_cast<op_t>(c.label_smoothing),
+                                       static_cast<op_t>(c.poly_epsilon)});
           break;
         case ElementwiseLoss::kBinaryFocal:
-          launch(BinaryPoint<G, op_t>{AlphaWeight<op_t>::from(p.alpha), gamma});
+          launch(BinaryPoint<G, op_t>{AlphaWeight<op_t>::from(c.alpha), gamma});
           break;
         case ElementwiseLoss::kVarifocal:
-          launch(VarifocalPoint<G, op_t>{static_cast<op_t>(p.alpha), gamma, p.iou_weighted});
+          launch(VarifocalPoint<G, op_t>{static_cast<op_t>(c.alpha), gamma, c.iou_weighted});
           break;
         case ElementwiseLoss::kQualityFocal:
           launch(QualityFocalPoint<G, op_t>{gamma});

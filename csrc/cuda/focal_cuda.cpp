@@ -102,98 +102,39 @@ const void* data_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr() : nullptr;
 }
 
-// Every elementwise loss: `p` carries the loss kind and its constants; this fills in the tensors and launches.
-LossGradScale elementwise_fwd_cuda(ElementwiseParams p, const at::Tensor& input, const at::Tensor& target,
-                                   const std::optional<at::Tensor>& score, const std::optional<at::Tensor>& weight,
-                                   const std::optional<at::Tensor>& class_alpha,
-                                   const std::optional<at::Tensor>& normalizer, int64_t reduction, bool compute_grad) {
-  const WeightMode weight_mode = check_elementwise_extras(input, target, score, weight, class_alpha);
-  const DeviceGuard device_guard(input.device());
-  const at::Tensor x = input.contiguous();
-  const at::Tensor t = target.contiguous();
-  const auto contiguous = [](const std::optional<at::Tensor>& v) {
-    return v.has_value() ? std::optional<at::Tensor>(v->contiguous()) : std::nullopt;
-  };
-  const std::optional<at::Tensor> score_c = contiguous(score), weight_c = contiguous(weight),
-                                  alpha_c = contiguous(class_alpha);
-  ForwardOutputs out(x, x.sizes(), reduction, compute_grad, normalizer);
-  if (x.numel() == 0) return out.empty_work(reduction);
+std::optional<at::Tensor> contiguous_or_none(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
+}
+
+// Every elementwise loss (ElementwiseOp registers the ops): one launch.
+LossGradScale elementwise_fwd_cuda(const ElementwiseCall& call) {
+  const DeviceGuard device_guard(call.input.device());
+  const at::Tensor x = call.input.contiguous();
+  const at::Tensor t = call.target.contiguous();
+  const std::optional<at::Tensor> score = contiguous_or_none(call.score), weight = contiguous_or_none(call.weight),
+                                  class_alpha = contiguous_or_none(call.class_alpha);
+  ForwardOutputs out(x, x.sizes(), call.reduction, call.compute_grad, call.normalizer);
+  if (x.numel() == 0) return out.empty_work(call.reduction);
   const cudaStream_t stream = current_stream(x);
+  ElementwiseParams p;
+  p.loss_kind = call.kind;
+  p.constants = call.constants;
   p.dtype = x.scalar_type();
   p.input = x.data_ptr();
   p.target = t.data_ptr();
   p.index_target = t.scalar_type() == at::kLong;
-  p.score = data_or_null(score_c);
-  p.weight = data_or_null(weight_c);
-  p.weight_mode = weight_mode;
-  p.class_alpha = data_or_null(alpha_c);
-  p.loss = data_or_null(out.loss, reduction == kNone);
-  p.grad = data_or_null(out.grad, compute_grad);
+  p.score = data_or_null(score);
+  p.weight = data_or_null(weight);
+  p.weight_mode = call.weight_mode;
+  p.class_alpha = data_or_null(class_alpha);
+  p.loss = data_or_null(out.loss, call.reduction == kNone);
+  p.grad = data_or_null(out.grad, call.compute_grad);
   p.numel = x.numel();
   p.classes = x.dim() == 0 ? 1 : x.size(-1);
-  p.reduce = out.buffers(reduction, stream);
+  p.ignore_index = call.ignore_index;
+  p.reduce = out.buffers(call.reduction, stream);
   cuda::launch_elementwise_forward(p, device_index(x), stream);
   return {out.loss, out.grad, out.grad_scale};
-}
-
-LossGradScale sigmoid_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& target, double alpha, double gamma,
-                                     int64_t reduction, int64_t ignore_index, double label_smoothing,
-                                     const std::optional<at::Tensor>& normalizer, bool compute_grad,
-                                     const std::optional<at::Tensor>& weight,
-                                     const std::optional<at::Tensor>& class_alpha, double poly_epsilon) {
-  check_sigmoid_args(input, target, reduction, normalizer);
-  ElementwiseParams p;
-  p.loss_kind = ElementwiseLoss::kSigmoidFocal;
-  p.alpha = alpha;
-  p.gamma = gamma;
-  p.label_smoothing = label_smoothing;
-  p.poly_epsilon = poly_epsilon;
-  p.ignore_index = ignore_index;
-  return elementwise_fwd_cuda(p, input, target, std::nullopt, weight, class_alpha, normalizer, reduction,
-                              compute_grad);
-}
-
-LossGradScale varifocal_fwd_cuda(const at::Tensor& input, const at::Tensor& target,
-                                 const std::optional<at::Tensor>& score, double alpha, double gamma, bool iou_weighted,
-                                 int64_t reduction, int64_t ignore_index, const std::optional<at::Tensor>& normalizer,
-                                 bool compute_grad, const std::optional<at::Tensor>& weight) {
-  check_sigmoid_args(input, target, reduction, normalizer);
-  ElementwiseParams p;
-  p.loss_kind = ElementwiseLoss::kVarifocal;
-  p.alpha = alpha;
-  p.gamma = gamma;
-  p.iou_weighted = iou_weighted;
-  p.ignore_index = ignore_index;
-  return elementwise_fwd_cuda(p, input, target, score, weight, std::nullopt, normalizer, reduction, compute_grad);
-}
-
-LossGradScale quality_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& target,
-                                     const std::optional<at::Tensor>& score, double beta, int64_t reduction,
-                                     int64_t ignore_index, const std::optional<at::Tensor>& normalizer,
-                                     bool compute_grad, const std::optional<at::Tensor>& weight) {
-  check_sigmoid_args(input, target, reduction, normalizer);
-  ElementwiseParams p;
-  p.loss_kind = ElementwiseLoss::kQualityFocal;
-  p.gamma = beta;
-  p.ignore_index = ignore_index;
-  return elementwise_fwd_cuda(p, input, target, score, weight, std::nullopt, normalizer, reduction, compute_grad);
-}
-
-LossGradScale asymmetric_fwd_cuda(const at::Tensor& input, const at::Tensor& target, double gamma_pos,
-                                  double gamma_neg, double clip, double eps, bool detach_modulation, int64_t reduction,
-                                  int64_t ignore_index, const std::optional<at::Tensor>& normalizer, bool compute_grad,
-                                  const std::optional<at::Tensor>& weight) {
-  check_sigmoid_args(input, target, reduction, normalizer);
-  ElementwiseParams p;
-  p.loss_kind = ElementwiseLoss::kAsymmetric;
-  p.gamma = gamma_pos;
-  p.gamma_neg = gamma_neg;
-  p.clip = clip;
-  p.eps = eps;
-  p.detach_modulation = detach_modulation;
-  p.ignore_index = ignore_index;
-  return elementwise_fwd_cuda(p, input, target, std::nullopt, weight, std::nullopt, normalizer, reduction,
-                              compute_grad);
 }
 
 LossGradScale softmax_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& target,
@@ -234,17 +175,6 @@ LossGradScale softmax_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& 
   p.reduce = out.buffers(reduction, stream);
   cuda::launch_softmax_forward(p, device_index(x), stream);
   return {out.loss, out.grad, out.grad_scale};
-}
-
-LossGradScale binary_focal_fwd_cuda(const at::Tensor& prob, const at::Tensor& target, double alpha, double gamma,
-                                    int64_t reduction, bool compute_grad, const std::optional<at::Tensor>& weight) {
-  check_binary_args(prob, target, reduction);
-  ElementwiseParams p;
-  p.loss_kind = ElementwiseLoss::kBinaryFocal;
-  p.alpha = alpha;
-  p.gamma = gamma;
-  return elementwise_fwd_cuda(p, prob, target, std::nullopt, weight, std::nullopt, std::nullopt, reduction,
-                              compute_grad);
 }
 
 // One launch: grad * grad_output (* grad_scale for 'mean'/'sum'), in opmath.
@@ -292,12 +222,14 @@ at::Tensor softmax_focal_bwd_cuda(const at::Tensor& grad_output, const at::Tenso
 #endif
 
 FOCAL_TORCH_LIBRARY_IMPL(FOCAL_OPS_NAMESPACE, FOCAL_CUDA_BACKEND_KEY, m) {
-  m.impl("sigmoid_focal_fwd", &focal::sigmoid_focal_fwd_cuda);
+  using focal::ElementwiseOp;
+  constexpr auto elementwise = &focal::elementwise_fwd_cuda;
+  m.impl("sigmoid_focal_fwd", &ElementwiseOp<elementwise, &focal::sigmoid_focal_call>::run);
+  m.impl("binary_focal_fwd", &ElementwiseOp<elementwise, &focal::binary_focal_call>::run);
+  m.impl("varifocal_fwd", &ElementwiseOp<elementwise, &focal::varifocal_call>::run);
+  m.impl("quality_focal_fwd", &ElementwiseOp<elementwise, &focal::quality_focal_call>::run);
+  m.impl("asymmetric_fwd", &ElementwiseOp<elementwise, &focal::asymmetric_call>::run);
   m.impl("softmax_focal_fwd", &focal::softmax_focal_fwd_cuda);
-  m.impl("binary_focal_fwd", &focal::binary_focal_fwd_cuda);
-  m.impl("varifocal_fwd", &focal::varifocal_fwd_cuda);
-  m.impl("quality_focal_fwd", &focal::quality_focal_fwd_cuda);
-  m.impl("asymmetric_fwd", &focal::asymmetric_fwd_cuda);
   m.impl("sigmoid_focal_bwd", &focal::elementwise_focal_bwd_cuda);
   m.impl("softmax_focal_bwd", &focal::softmax_focal_bwd_cuda);
   m.impl("binary_focal_bwd", &focal::elementwise_focal_bwd_cuda);

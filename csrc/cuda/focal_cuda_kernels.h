@@ -41,15 +41,7 @@ struct ElementwiseParams {
   int64_t numel = 0;
   int64_t classes = 1;  // C, the size of the last dim
   int64_t ignore_index = -100;
-  double alpha = -1.0;  // sigmoid / binary: < 0 disables; varifocal: the negatives' weight
-  double gamma = 2.0;   // the focal exponent; quality focal: beta; asymmetric: gamma_pos
-  double gamma_neg = 4.0;  // asymmetric
-  double clip = 0.05;      // asymmetric
-  double eps = 1e-8;       // asymmetric
-  bool detach_modulation = true;  // asymmetric
-  bool iou_weighted = true;       // varifocal
-  double label_smoothing = 0.0;   // sigmoid focal
-  double poly_epsilon = 0.0;      // sigmoid focal
+  ElementwiseConstants constants;
   ReductionBuffers reduce;
 };
 
