@@ -146,7 +146,7 @@ def test_files(selected):
 
 def run_tests(work, files, logdir, tag):
     """{file: passed?} with each file run on its own, stopping at its first failure."""
-    env = dict(os.environ, PYTHONPATH=work, HYPOTHESIS_PROFILE="ci")
+    env = dict(os.environ, PYTHONPATH=work, HYPOTHESIS_PROFILE="mutation")  # ci examples, no shrinking
     result = {}
     for f in files:
         log = os.path.join(logdir, f"{tag}--{os.path.basename(f)}.log")

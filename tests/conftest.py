@@ -121,12 +121,12 @@ def check_against_reference(function, reference_function, input, target, *args, 
     return loss
 
 
-# Hypothesis profiles (tests/test_fuzz.py): HYPOTHESIS_PROFILE=ci (default: reproducible, >= 2000 examples in
-# all, a few minutes on 2 cores) or dev (10x more examples, random seeds, failures saved for replay).
+# Hypothesis profiles (tests/test_fuzz.py): HYPOTHESIS_PROFILE=ci (default: reproducible, 4 x 550 examples, about
+# a minute on 2 cores) or dev (10x more examples, random seeds, failures saved for replay).
 try:
     import os
 
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
 except ImportError:  # hypothesis is a test extra; only test_fuzz.py needs it and skips without it
     pass
 else:
@@ -134,4 +134,7 @@ else:
                               print_blob=True, suppress_health_check=[HealthCheck.too_slow])
     settings.register_profile("dev", max_examples=5500, deadline=None, print_blob=True,
                               suppress_health_check=[HealthCheck.too_slow])
+    # scripts/mutation_check.py: the ci examples, stopping at the first failure (no shrinking or explaining)
+    settings.register_profile("mutation", parent=settings.get_profile("ci"),
+                              phases=[Phase.explicit, Phase.reuse, Phase.generate])
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
