@@ -20,7 +20,7 @@ suite; pass --files to choose others. Takes a few minutes per C++ mutation on 2 
 """
 import argparse
 import os
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -167,6 +167,7 @@ def main():
     parser.add_argument("--table", help="also write the markdown table to this file")
     args = parser.parse_args()
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a killed run still restores the mutated file
     mutations = [m for m in MUTATIONS if not args.only or m.name in args.only]
     if args.list:
         for m in MUTATIONS:

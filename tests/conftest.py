@@ -49,6 +49,13 @@ def _emulation():
         return None, f"focal_cuda.testing does not exist yet (design.md section 6): {error}"
     if not hasattr(testing, "emulated_cuda"):
         return None, "focal_cuda.testing has no emulated_cuda() yet (design.md section 6)"
+    import os
+
+    import focal_cuda
+
+    if os.path.dirname(os.path.abspath(testing.__file__)) != os.path.dirname(os.path.abspath(focal_cuda.__file__)):
+        # e.g. an editable install of another checkout lends its focal_cuda.testing to this one
+        return None, f"focal_cuda.testing comes from another checkout ({testing.__file__}), not this focal_cuda"
     return testing.emulated_cuda, None
 
 
