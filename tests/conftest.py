@@ -49,6 +49,13 @@ def _emulation():
         return None, f"focal_cuda.testing does not exist yet (design.md section 6): {error}"
     if not hasattr(testing, "emulated_cuda"):
         return None, "focal_cuda.testing has no emulated_cuda() yet (design.md section 6)"
+    import os
+
+    import focal_cuda
+
+    if os.path.dirname(os.path.abspath(testing.__file__)) != os.path.dirname(os.path.abspath(focal_cuda.__file__)):
+        # e.g. an editable install of another checkout lends its focal_cuda.testing to this one
+        return None, f"focal_cuda.testing comes from another checkout ({testing.__file__}), not this focal_cuda"
     return testing.emulated_cuda, None
 
 
@@ -121,12 +128,12 @@ def check_against_reference(function, reference_function, input, target, *args, 
     return loss
 
 
-# Hypothesis profiles (tests/test_fuzz.py): HYPOTHESIS_PROFILE=ci (default: reproducible, >= 2000 examples in
-# all, a few minutes on 2 cores) or dev (10x more examples, random seeds, failures saved for replay).
+# Hypothesis profiles (tests/test_fuzz.py): HYPOTHESIS_PROFILE=ci (default: reproducible, 4 x 550 examples, about
+# a minute on 2 cores) or dev (10x more examples, random seeds, failures saved for replay).
 try:
     import os
 
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
 except ImportError:  # hypothesis is a test extra; only test_fuzz.py needs it and skips without it
     pass
 else:
@@ -134,4 +141,7 @@ else:
                               print_blob=True, suppress_health_check=[HealthCheck.too_slow])
     settings.register_profile("dev", max_examples=5500, deadline=None, print_blob=True,
                               suppress_health_check=[HealthCheck.too_slow])
+    # scripts/mutation_check.py: the ci examples, stopping at the first failure (no shrinking or explaining)
+    settings.register_profile("mutation", parent=settings.get_profile("ci"),
+                              phases=[Phase.explicit, Phase.reuse, Phase.generate])
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -150,13 +150,24 @@ def classic_bce_focal_loss(prob, target, gamma=2, alpha=0.25):
     )
 
 
-def test_classic_focal_loss_usage(device):
+def classic_value_and_grad(module, classic, input, target):
+    """(loss, gradient, classic loss, classic gradient) under the same grad_output (a 0-dim loss: a scalar)."""
+    loss, grad = value_and_grad(module, input, target)
+    expected, expected_grad = value_and_grad(classic, input.double(), target)
+    return loss, grad, expected, expected_grad
+
+
+@pytest.mark.parametrize("gamma", [2, 3])
+def test_classic_focal_loss_usage(device, gamma):
     inputs = torch.rand(64, 10, device=device)
     targets = torch.randint(0, 10, (64,), device=device)
-    loss = focal_cuda.FocalLoss(10).to(device)(inputs, targets)
-    expected = classic_focal_loss(inputs.double(), targets, torch.ones(10, 1, dtype=torch.float64, device=device))
+    module = focal_cuda.FocalLoss(10, gamma=gamma).to(device)
+    ones = torch.ones(10, 1, dtype=torch.float64, device=device)
+    loss, grad, expected, expected_grad = classic_value_and_grad(
+        module, lambda x, t: classic_focal_loss(x, t, ones, gamma=gamma), inputs, targets)
     assert loss.dtype == torch.float32 and loss.shape == ()
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("num_classes", [2, 7])
@@ -179,10 +190,12 @@ def test_classic_focal_loss_with_alpha_column_and_sum(device, num_classes):
     torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
 
 
-def test_classic_bce_focal_loss_on_probabilities(device):
+@pytest.mark.parametrize("gamma,alpha", [(2, 0.25), (3, 0.6), (0, 0.5), (2.5, 0.1)])
+def test_classic_bce_focal_loss_on_probabilities(device, gamma, alpha):
     prob = 0.01 + 0.98 * torch.rand(50, 3, dtype=torch.float64, device=device)
     target = (torch.rand(50, 3, device=device) < 0.3).double()
-    loss = focal_cuda.BCEFocalLoss(gamma=2, alpha=0.25)(prob, target)
-    torch.testing.assert_close(loss, classic_bce_focal_loss(prob, target))
-    loss = focal_cuda.BCEFocalLoss(3, 0.6)(prob, target)
-    torch.testing.assert_close(loss, classic_bce_focal_loss(prob, target, gamma=3, alpha=0.6))
+    module = focal_cuda.BCEFocalLoss(gamma, alpha)  # the classic argument order
+    loss, grad, expected, expected_grad = classic_value_and_grad(
+        module, lambda p, t: classic_bce_focal_loss(p, t, gamma=gamma, alpha=alpha), prob, target)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, expected_grad)

@@ -1,0 +1,245 @@
+#!/usr/bin/env python
+"""Mutation check: plant small, plausible bugs one at a time and report which test files catch each.
+
+    python scripts/mutation_check.py [--work DIR] [--only NAME ...] [--files tests/test_x.py ...] [--list]
+
+For each mutation (file, exact old text, new text) the script edits a copy of the source tree (never the
+checkout it runs from), builds the extension CPU-only in place there (ninja rebuilds only what the edit
+touches), runs every selected test file on its own with `-x` (the first failure is enough to count as caught)
+and restores the file. Exit status 0 only when every mutation is caught by at least --min-catchers (2) files
+and the unmutated tree passes every selected file.
+
+Robust to later code changes: a mutation whose old text is not found exactly once in its file is an error
+(the script stops before building anything), so an edit that moves the code fails loudly instead of silently
+testing nothing; update the mutation's text then.
+
+Test files: every tests/test_*.py except the slow integration files (DDP processes, torch.compile,
+packaging into a fresh venv, > 2**31-element tensors, memory growth, CUDA-only and thread-count files), which
+check integration rather than the math these mutations change and together take longer than the rest of the
+suite; pass --files to choose others. Takes a few minutes per C++ mutation on 2 cores.
+"""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLOW_OR_UNRELATED = {
+    "test_integration_ddp.py", "test_integration_compile.py", "test_integration_packaging.py",
+    "test_huge_tensors.py", "test_memory.py", "test_cuda_behaviour.py", "test_cuda_registration.py",
+    "test_threads.py",
+}
+
+
+@dataclass
+class Mutation:
+    name: str
+    path: str  # relative to the repository root
+    old: str
+    new: str
+    why: str
+
+
+MUTATIONS = [
+    Mutation("gamma3-derivative", "csrc/focal_math.h",
+             "return T(3) * u * u * numer;", "return T(3) * u * numer;",
+             "gamma = 3 fast path: d(u^3)/du written as 3 u instead of 3 u^2"),
+    Mutation("log-softmax-cancellation", "csrc/focal_math.h",
+             "return (x - row_max) - log_sum_exp;", "return x - (row_max + log_sum_exp);",
+             "log-softmax as x - (max + lse): max + lse rounds away lse when |max| is large"),
+    Mutation("sigmoid-label-smoothing-formula", "csrc/focal_math.h",
+             "return t * (T(1) - smoothing) + T(0.5) * smoothing;",
+             "return t * (T(1) - smoothing) + (T(1) - t) * smoothing;",
+             "sigmoid label smoothing as t (1 - s) + (1 - t) s instead of t (1 - s) + s / 2"),
+    Mutation("sigmoid-bce-cancelling-form", "csrc/focal_math.h",
+             "const T ce = t * fm_max(zero - x, zero) + (one - t) * fm_max(x, zero) + fm_log1p_unit(e);",
+             "const T ce = fm_max(x, zero) - t * x + fm_log1p_unit(e);",
+             "BCE on logits as max(x, 0) - t x: cancels for soft t near 1 at large |x|"),
+    Mutation("sigmoid-grad-sign-1-2t", "csrc/focal_math.h",
+             "grad = a * (m * (p - t) + ce * (one - t - t) *",
+             "grad = a * (m * (p - t) + ce * (t + t - one) *",
+             "sign of the (1 - 2t) term of the sigmoid gradient"),
+    Mutation("sigmoid-grad-without-alpha", "csrc/focal_math.h",
+             "grad = a * (m * (p - t) + ce * (one - t - t) * modulating_derivative<G>(u, m, gamma, p * q));",
+             "grad = (m * (p - t) + ce * (one - t - t) * modulating_derivative<G>(u, m, gamma, p * q));",
+             "alpha dropped from the sigmoid gradient (kept in the loss)"),
+    Mutation("fractional-gamma-unguarded", "csrc/focal_math.h",
+             "return gamma * m * fm_select(u > zero, numer / u, zero);",
+             "return gamma * m * (numer / u);",
+             "generic gamma derivative without the u > 0 guard: 0/0 where p_t rounds to 1"),
+    Mutation("softmax-h-sign", "csrc/focal_math.h",
+             "h = alpha_c * (m - modulating_derivative<G>(u, m, gamma, p * logp));",
+             "h = alpha_c * (m + modulating_derivative<G>(u, m, gamma, p * logp));",
+             "sign of the modulating-factor term in the softmax gradient"),
+    Mutation("block-tail-off-by-one", "csrc/cpu/focal_cpu_kernels_impl.h",
+             "const int64_t len = std::min(kBlock, n - begin);",
+             "const int64_t len = std::min(kBlock - 1, n - begin);",
+             "elementwise traversal: each full block drops its last element"),
+    Mutation("vector-tail-padding-summed", "csrc/cpu/focal_cpu_kernels_impl.h",
+             "acc += cnt == Vec::size() ? l : Vec::set(Vec(0), l, cnt);",
+             "acc += l;",
+             "elementwise traversal: the padded lanes of a partial vector are added to the sum"),
+    Mutation("spatial-tail-off-by-one", "csrc/cpu/focal_cpu_kernels_impl.h",
+             "const int64_t s_end = std::min(S, (unit % chunks_per_sample + 1) * kSpatialChunk);",
+             "const int64_t s_end = std::min(S - 1, (unit % chunks_per_sample + 1) * kSpatialChunk);",
+             "spatial softmax: the last spatial position of each sample is skipped"),
+    Mutation("ignore-index-not-in-count", "csrc/cpu/focal_cpu.cpp",
+             "[&](int64_t v) { return v != ignore_index; }",
+             "[&](int64_t v) { return v != -100; }",
+             "the mean's count ignores the default -100 instead of ignore_index"),
+    Mutation("functional-label-smoothing-check-removed", "focal_cuda/functional.py",
+             "    if not 0.0 <= label_smoothing <= 1.0:\n",
+             "    if not 0.0 <= label_smoothing:\n",
+             "functional.py: label_smoothing > 1 accepted"),
+    Mutation("functional-num-classes-last-dim", "focal_cuda/functional.py",
+             "return input.shape[1] if input.dim() >= 2 else",
+             "return input.shape[-1] if input.dim() >= 2 else",
+             "functional.py: a float softmax alpha is expanded over the last dim, not the class dim"),
+]
+
+
+def run(cmd, cwd, env=None, log=None):
+    with open(log, "w") if log else open(os.devnull, "w") as out:
+        return subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+
+
+def copy_tree(work):
+    """The checkout's tracked and untracked-but-not-ignored files, into work/ (kept between runs)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src, dst = os.path.join(ROOT, rel), os.path.join(work, rel)
+        if not os.path.isfile(src):
+            continue
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        with open(src, "rb") as f:
+            data = f.read()
+        if not os.path.exists(dst) or open(dst, "rb").read() != data:
+            with open(dst, "wb") as f:
+                f.write(data)
+
+
+def build(work, log):
+    env = dict(os.environ, FOCAL_CUDA_CPU_ONLY="1", MAX_JOBS=os.environ.get("MAX_JOBS", "1"))
+    return run([sys.executable, "setup.py", "build_ext", "--inplace"], work, env, log) == 0
+
+
+def build_outputs(work):
+    """Object files and the extension: saved after the clean build, put back after each C++ mutation so the
+    next build recompiles only what that mutation touches."""
+    paths = []
+    for base in [os.path.join(work, "build"), os.path.join(work, "focal_cuda")]:
+        for dirpath, _, names in os.walk(base):
+            paths += [os.path.join(dirpath, n) for n in names if n.endswith((".o", ".so"))]
+    return paths
+
+
+def test_files(selected):
+    if selected:
+        return selected
+    names = sorted(n for n in os.listdir(os.path.join(ROOT, "tests")) if n.startswith("test_") and n.endswith(".py"))
+    return [os.path.join("tests", n) for n in names if n not in SLOW_OR_UNRELATED]
+
+
+def run_tests(work, files, logdir, tag):
+    """{file: passed?} with each file run on its own, stopping at its first failure."""
+    env = dict(os.environ, PYTHONPATH=work, HYPOTHESIS_PROFILE="mutation")  # ci examples, no shrinking
+    result = {}
+    for f in files:
+        log = os.path.join(logdir, f"{tag}--{os.path.basename(f)}.log")
+        code = run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f], work, env, log)
+        result[f] = code == 0 or code == 5  # 5: nothing collected
+        if code not in (0, 1, 5):
+            print(f"    {f}: pytest exit {code} (see {log})", flush=True)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=os.path.join("/tmp", f"focal_mutation_{os.getuid()}"))
+    parser.add_argument("--only", nargs="*", help="mutation names")
+    parser.add_argument("--files", nargs="*", help="test files (default: all but the slow integration files)")
+    parser.add_argument("--min-catchers", type=int, default=2)
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--table", help="also write the markdown table to this file")
+    args = parser.parse_args()
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a killed run still restores the mutated file
+    mutations = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name:45s} {m.path:40s} {m.why}")
+        return 0
+    # Fail loudly, before any build, when a mutation no longer applies to the code.
+    stale = []
+    for m in mutations:
+        count = open(os.path.join(ROOT, m.path)).read().count(m.old)
+        if count != 1:
+            stale.append(f"{m.name}: old text found {count} times in {m.path} (expected exactly once):\n  {m.old!r}")
+    if stale:
+        sys.exit("mutation_check: stale mutations, update their text:\n" + "\n".join(stale))
+
+    work = os.path.abspath(args.work)
+    logdir = os.path.join(work, "_mutation_logs")
+    os.makedirs(logdir, exist_ok=True)
+    copy_tree(work)
+    files = test_files(args.files)
+    print(f"tree copy: {work}; {len(files)} test files; logs in {logdir}", flush=True)
+
+    started = time.time()
+    if not build(work, os.path.join(logdir, "build-clean.log")):
+        sys.exit(f"the unmutated tree does not build: {logdir}/build-clean.log")
+    baseline_outputs = {p: open(p, "rb").read() for p in build_outputs(work)}
+    clean = run_tests(work, files, logdir, "clean")
+    failing = [f for f, ok in clean.items() if not ok]
+    print(f"clean tree: {len(files) - len(failing)}/{len(files)} files pass ({time.time() - started:.0f} s)",
+          flush=True)
+    if failing:
+        print("  failing without a mutation (excluded from the catchers): " + ", ".join(failing), flush=True)
+    files = [f for f in files if clean[f]]
+
+    rows, all_ok = [], not failing
+    for m in mutations:
+        t0 = time.time()
+        path = os.path.join(work, m.path)
+        original = open(path).read()
+        assert original.count(m.old) == 1, m.name
+        with open(path, "w") as f:
+            f.write(original.replace(m.old, m.new))
+        try:
+            if not build(work, os.path.join(logdir, f"build-{m.name}.log")):
+                catchers, note = ["(does not compile)"], "build failed"
+            else:
+                result = run_tests(work, files, logdir, m.name)
+                catchers, note = [os.path.basename(f) for f, ok in result.items() if not ok], ""
+        finally:
+            with open(path, "w") as f:
+                f.write(original)
+            if not m.path.endswith(".py"):
+                for p, data in baseline_outputs.items():  # written after the source: newer, so not rebuilt
+                    with open(p, "wb") as f:
+                        f.write(data)
+        caught = len(catchers) >= args.min_catchers and note == ""
+        all_ok &= caught
+        rows.append((m, catchers, caught))
+        print(f"{m.name}: caught by {len(catchers)} file(s) [{', '.join(catchers)}] "
+              f"({time.time() - t0:.0f} s){'' if caught else '  <-- NOT CAUGHT TWICE'}", flush=True)
+
+    table = ["| mutation | file | catching test files | ok |", "|---|---|---|---|"]
+    for m, catchers, caught in rows:
+        table.append(f"| {m.name} ({m.why}) | {m.path} | {len(catchers)}: {', '.join(catchers)} | "
+                     f"{'yes' if caught else '**NO**'} |")
+    print("\n" + "\n".join(table))
+    print(f"\n{len(rows)} mutations, {sum(c for _, _, c in rows)} caught by >= {args.min_catchers} files; "
+          f"{time.time() - started:.0f} s")
+    if args.table:
+        with open(args.table, "w") as f:
+            f.write("\n".join(table) + "\n")
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
