@@ -65,6 +65,7 @@ TESTS=(
   tests/test_sigmoid_focal_loss.py tests/test_softmax_focal_loss.py tests/test_binary_focal_loss.py
   tests/test_numerics.py tests/test_independent_facts.py tests/test_modules.py tests/test_autograd_and_ops.py
   tests/test_bad_input.py tests/test_bad_input_table.py tests/test_fuzz.py tests/test_emulated_cuda.py
+  tests/test_focal_family.py tests/test_grids.py tests/test_threads.py
 )
 EXISTING=()
 for test in "${TESTS[@]}"; do [ -f "$test" ] && EXISTING+=("$test"); done

@@ -18,6 +18,7 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define FOCAL_EMU_ASAN 1
 #endif
@@ -111,13 +112,23 @@ struct BlockRunner {
   size_t thread_stack_size = 0;
 #endif
 
-  ~BlockRunner() {
-    if (stacks != nullptr) munmap(stacks, static_cast<size_t>(stack_count) * kFiberStackBytes);
+  ~BlockRunner() { release_stacks(); }
+
+  void release_stacks() {
+    if (stacks == nullptr) return;
+    const size_t bytes = static_cast<size_t>(stack_count) * kFiberStackBytes;
+#if defined(FOCAL_EMU_ASAN)
+    // Fiber frames that never returned left poisoned redzones; memory mapped here later must not inherit them.
+    __asan_unpoison_memory_region(stacks, bytes);
+#endif
+    munmap(stacks, bytes);
+    stacks = nullptr;
+    stack_count = 0;
   }
 
   void reserve_stacks(int count) {
     if (count <= stack_count) return;
-    if (stacks != nullptr) munmap(stacks, static_cast<size_t>(stack_count) * kFiberStackBytes);
+    release_stacks();
     void* mem = mmap(nullptr, static_cast<size_t>(count) * kFiberStackBytes, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     TORCH_CHECK(mem != MAP_FAILED, "emulated launch: could not map ", count, " fiber stacks");
@@ -155,6 +166,10 @@ void start_fiber(BlockRunner& r, int t) {
   Fiber& f = r.fibers[t];
   f.state = FiberState::kRunnable;
   f.shuffles = 0;
+#if defined(FOCAL_EMU_ASAN)
+  // A finished fiber's frames never returned: their redzones stay poisoned until the stack is reused.
+  __asan_unpoison_memory_region(r.stack_bottom(t), kFiberStackBytes);
+#endif
 #if defined(__x86_64__)
   // Initial frame read by focal_emu_switch: control words, six registers, then the "return" into
   // fiber_main with the stack aligned as at a call (rsp % 16 == 8 on entry).
