@@ -203,28 +203,17 @@ def softmax_alpha(form, num_classes):
             "column tensor": weights.reshape(num_classes, 1)}[form]
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("gamma", GRID_GAMMAS)
 @pytest.mark.parametrize("num_classes", CLASS_COUNTS)
-def test_softmax_rows_every_class_count_and_gamma(backend, num_classes, gamma):
+def test_softmax_rows_every_class_count_and_gamma(backend, num_classes, gamma, label_smoothing):
     input = torch.randn(rows_for(num_classes), num_classes) * 3
     ignore_index = ignore_index_for(num_classes)
     target = class_index_targets(input.shape[:1], num_classes, ignore_index, background=False)
     for reduction in reductions:
         expect_matches_reference(focal_cuda.softmax_focal_loss, reference.softmax_focal_loss, input, target,
                                  alpha=softmax_alpha("tensor", num_classes), gamma=gamma, reduction=reduction,
-                                 ignore_index=ignore_index)
-
-
-@pytest.mark.parametrize("gamma", GRID_GAMMAS)
-@pytest.mark.parametrize("num_classes", CLASS_COUNTS)
-def test_softmax_rows_with_label_smoothing_every_class_count_and_gamma(backend, num_classes, gamma):
-    input = torch.randn(rows_for(num_classes), num_classes) * 3
-    ignore_index = ignore_index_for(num_classes)
-    target = class_index_targets(input.shape[:1], num_classes, ignore_index, background=False)
-    for reduction in reductions:
-        expect_matches_reference(focal_cuda.softmax_focal_loss, reference.softmax_focal_loss, input, target,
-                                 alpha=softmax_alpha("tensor", num_classes), gamma=gamma, reduction=reduction,
-                                 ignore_index=ignore_index, label_smoothing=0.2)
+                                 ignore_index=ignore_index, label_smoothing=label_smoothing)
 
 
 @pytest.mark.parametrize("gamma", GRID_GAMMAS)
