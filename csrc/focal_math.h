@@ -18,7 +18,6 @@ namespace focal {
 // Same codes as at::Reduction.
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
 
-
 // Integer gammas with an unrolled power; kGammaAny calls pow.
 constexpr int kGammaAny = -1;
 
@@ -33,21 +32,53 @@ inline decltype(auto) dispatch_gamma(double gamma, const Body& body) {
   return body(std::integral_constant<int, kGammaAny>{});
 }
 
+}  // namespace focal
+
+// The formulas below come in two builds of the same source, kept apart by an inline namespace (so the two
+// never meet as one symbol in a link): `exact` (CPU kernels; float primitives from libm / at::vec) and
+// `device_approx` (the CUDA kernels, also when emulated: float primitives from approx_math.h).
+#if defined(FOCAL_DEVICE_APPROX_MATH)
+#include "approx_math.h"
+#define FOCAL_MATH_VARIANT device_approx
+#else
+#define FOCAL_MATH_VARIANT exact
+#endif
+
+namespace focal {
+inline namespace FOCAL_MATH_VARIANT {
+
 // ---- scalar primitives -------------------------------------------------------------------------------
 #define FOCAL_SCALAR_PRIMITIVES(T)                                                             \
   C10_HOST_DEVICE inline T fm_exp(T x) { return std::exp(x); }                                 \
   C10_HOST_DEVICE inline T fm_expm1(T x) { return std::expm1(x); }                             \
   C10_HOST_DEVICE inline T fm_log(T x) { return std::log(x); }                                 \
   C10_HOST_DEVICE inline T fm_log1p(T x) { return std::log1p(x); }                             \
-  /* log1p for arguments in [0, 1]; the CPU SIMD overload uses that range for a cheaper series */ \
+  /* log1p for arguments in [0, 1]; the SIMD and device versions use that range for a cheaper series */ \
   C10_HOST_DEVICE inline T fm_log1p_unit(T x) { return std::log1p(x); }                        \
+  C10_HOST_DEVICE inline T fm_reciprocal(T x) { return T(1) / x; }                             \
+  C10_HOST_DEVICE inline T fm_fma(T a, T b, T c) { return a * b + c; }                         \
+  C10_HOST_DEVICE inline T fm_pow(T x, T y) { return std::pow(x, y); }
+#define FOCAL_SELECT_PRIMITIVES(T)                                                             \
   C10_HOST_DEVICE inline T fm_abs(T x) { return std::abs(x); }                                 \
-  C10_HOST_DEVICE inline T fm_pow(T x, T y) { return std::pow(x, y); }                         \
   C10_HOST_DEVICE inline T fm_max(T a, T b) { return a != a ? a : (a > b ? a : b); }           \
   C10_HOST_DEVICE inline T fm_select(bool cond, T a, T b) { return cond ? a : b; }
+#if defined(FOCAL_DEVICE_APPROX_MATH)
+C10_HOST_DEVICE inline float fm_exp(float x) { return approx::exp(x); }
+C10_HOST_DEVICE inline float fm_expm1(float x) { return approx::expm1(x); }
+C10_HOST_DEVICE inline float fm_log(float x) { return approx::log(x); }
+C10_HOST_DEVICE inline float fm_log1p(float x) { return approx::log1p(x); }
+C10_HOST_DEVICE inline float fm_log1p_unit(float x) { return approx::log1p_unit(x); }
+C10_HOST_DEVICE inline float fm_reciprocal(float x) { return approx::reciprocal(x); }
+C10_HOST_DEVICE inline float fm_pow(float x, float y) { return approx::pow(x, y); }
+C10_HOST_DEVICE inline float fm_fma(float a, float b, float c) { return approx::fma(a, b, c); }
+#else
 FOCAL_SCALAR_PRIMITIVES(float)
+#endif
 FOCAL_SCALAR_PRIMITIVES(double)
+FOCAL_SELECT_PRIMITIVES(float)
+FOCAL_SELECT_PRIMITIVES(double)
 #undef FOCAL_SCALAR_PRIMITIVES
+#undef FOCAL_SELECT_PRIMITIVES
 
 // ---- modulating factor u**gamma and its derivative -----------------------------------------------------
 
@@ -100,11 +131,13 @@ struct LogitTerms {
 template <typename T>
 C10_HOST_DEVICE inline LogitTerms<T> logit_terms(T x, T t) {
   const T zero(0), one(1);
-  const T e = fm_exp(-fm_abs(x));  // in (0, 1]: no overflow for any |x|
-  const T inv = one / (one + e);
+  const T e = fm_exp(-fm_abs(x));          // in (0, 1]: no overflow for any |x|
+  const T big = fm_reciprocal(one + e);    // sigmoid(|x|)
+  const T small = e * big;                 // sigmoid(-|x|)
   const auto x_nonneg = x >= zero;
-  return {fm_select(x_nonneg, inv, e * inv), fm_select(x_nonneg, e * inv, inv),
-          t * fm_max(zero - x, zero) + (one - t) * fm_max(x, zero) + fm_log1p_unit(e)};
+  // t max(-x, 0) + (1 - t) max(x, 0) = |x| (1 - t) for x >= 0, |x| t below: one product, no cancellation.
+  return {fm_select(x_nonneg, big, small), fm_select(x_nonneg, small, big),
+          fm_abs(x) * fm_select(x_nonneg, one - t, t) + fm_log1p_unit(e)};
 }
 
 // alpha enters as a_t = alpha_neg + alpha_diff * t (alpha_neg = 1 - alpha, alpha_diff = 2 alpha - 1;
@@ -124,19 +157,29 @@ struct AlphaWeight {
 // p = sigmoid(x), q = 1 - p, u = 1 - p_t = t q + (1 - t) p, ce = -(t log p + (1 - t) log q) (logit_terms),
 // loss = a_t u**gamma ce, dloss/dx = a_t (u**gamma (p - t) + ce gamma u**(gamma-1) (1 - 2t) p q).
 // Poly-1 (Leng et al. 2022) adds a_t poly u**(gamma+1), whose derivative is a_t poly (gamma+1) u**gamma (1-2t) p q.
-template <int G, typename T>
+template <int G, bool kPoly = true, typename T>
 C10_HOST_DEVICE inline void sigmoid_focal_point(T x, T t, AlphaWeight<T> alpha, T gamma, T& loss, T& grad,
                                                 T poly = T(0)) {
-  const T zero(0), one(1);
-  const LogitTerms<T> s = logit_terms(x, t);
-  const T u = t * s.q + (one - t) * s.p;
+  const T one(1);
+  const T e = fm_exp(-fm_abs(x));
+  const T big = fm_reciprocal(one + e);  // sigmoid(|x|)
+  const T small = e * big;               // sigmoid(-|x|)
+  const auto x_nonneg = x >= T(0);
+  // c = the target mass on the side the sign of x does not favour (1 - t for x >= 0, t below). In its terms
+  // ce = |x| c + log1p(e), u = small + c (big - small), p - t = s (c - small), 1 - 2t = s (2c - 1) with
+  // s = -1 for x < 0 and +1 otherwise: no selects between p and q, and no sum with terms of both signs.
+  const T c = fm_select(x_nonneg, one - t, t);
+  const T ce = fm_abs(x) * c + fm_log1p_unit(e);
+  const T u = small + c * (big - small);
   const T m = modulating_factor<G>(u, gamma);
   const T a = alpha.at(t);
-  const T pq = s.p * s.q;
-  loss = a * m * (s.ce + poly * u);
+  const T pq = big * small;
+  // kPoly false (Poly-1's epsilon is 0): its terms are left out, not multiplied by 0.
+  loss = a * m * (kPoly ? ce + poly * u : ce);
   // p q / u is bounded: it tends to p (t = 1) or q (t = 0) as u -> 0.
-  grad = a * (m * (s.p - t) +
-              (one - t - t) * (s.ce * modulating_derivative<G>(u, m, gamma, pq) + poly * (gamma + one) * m * pq));
+  const T dm_ce = ce * modulating_derivative<G>(u, m, gamma, pq);
+  const T inner = m * (small - c) + fm_fma(T(-2), c, one) * (kPoly ? dm_ce + poly * (gamma + one) * m * pq : dm_ce);
+  grad = fm_select(x_nonneg, -a, a) * inner;
 }
 
 // ---- binary focal loss on probabilities ------------------------------------------------------------------
@@ -154,7 +197,7 @@ C10_HOST_DEVICE inline void binary_focal_point(T p, T t, AlphaWeight<T> alpha, T
   const T m = modulating_factor<G>(u, gamma);
   const T a = alpha.at(t);
   loss = a * m * ce;
-  const T dce = (p - t) / fm_max(p * q, eps);
+  const T dce = (p - t) * fm_reciprocal(fm_max(p * q, eps));
   // ce / u is bounded as u -> 0 for hard targets (ce ~ u there).
   grad = a * (m * dce + (one - t - t) * modulating_derivative<G>(u, m, gamma, ce));
 }
@@ -263,4 +306,5 @@ C10_HOST_DEVICE inline T smooth_binary_target(T t, T smoothing) {
   return t * (T(1) - smoothing) + T(0.5) * smoothing;
 }
 
+}  // inline namespace FOCAL_MATH_VARIANT
 }  // namespace focal

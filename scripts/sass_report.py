@@ -10,9 +10,10 @@ wheel (triton/backends/nvidia/bin) and in the CUDA toolkit.
   python scripts/sass_report.py --source csrc/cuda/softmax_kernels.cu   # compile one file to a cubin first
 
 Hot loop: among the loops of a kernel (a backward branch and the code it jumps back over) that contain a
-128-bit global load, the innermost one. Its instruction count (NOPs excluded, both sides of any branch inside
-counted: an upper bound on what one iteration executes) divided by the elements one thread handles per
-iteration (fixed by the kernel's constants, in CASES) is the "SASS / element" figure.
+128-bit global load, the innermost one (or the outermost, per case). The most instructions one iteration can
+execute (the longest path from its head to its backward branch, NOPs excluded; see longest_path) divided by
+the elements one thread handles per iteration (fixed by the kernel's constants, in CASES) is the
+"SASS / element" figure: static, an upper bound on the executed count, not a measurement.
 """
 import argparse
 import glob
@@ -41,10 +42,10 @@ REGISTER_ALLOCATION_UNIT = 256  # registers, per warp
 # Tracked cases: (name, regex over the demangled kernel name, elements per thread per hot-loop iteration,
 # target SASS instructions per element from the issue or None, which loop: "innermost" or "outermost").
 CASES = [
-    ("sigmoid dense bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, float>, \(focal::cuda::Layout\)0>", 16, 30, "innermost"),
-    ("sigmoid index bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, float>, \(focal::cuda::Layout\)2>", 16, 30, "innermost"),
-    ("sigmoid dense fp32 g2", r"elementwise_forward_kernel<float, SigmoidPoint<2, float>, \(focal::cuda::Layout\)0>", 8, None, "innermost"),
-    ("sigmoid dense bf16 g=any", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<-1, float>, \(focal::cuda::Layout\)0>", 16, None, "innermost"),
+    ("sigmoid dense bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, \(focal::cuda::Layout\)0>", 16, 30, "innermost"),
+    ("sigmoid index bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, \(focal::cuda::Layout\)2>", 16, 30, "innermost"),
+    ("sigmoid dense fp32 g2", r"elementwise_forward_kernel<float, SigmoidPoint<2, false, float>, \(focal::cuda::Layout\)0>", 8, None, "innermost"),
+    ("sigmoid dense bf16 g=any", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<-1, false, float>, \(focal::cuda::Layout\)0>", 16, None, "innermost"),
     ("binary dense bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, BinaryPoint<2, float>, \(focal::cuda::Layout\)0>", 16, 30, "innermost"),
     ("varifocal index bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, VarifocalPoint<2, float>, \(focal::cuda::Layout\)2>", 16, 30, "innermost"),
     ("quality focal dense bf16 b2", r"elementwise_forward_kernel<c10::BFloat16, QualityFocalPoint<2, float>, \(focal::cuda::Layout\)0>", 16, 30, "innermost"),
@@ -179,17 +180,56 @@ def is_wide_global_load(text):
     return op.startswith("LDG") and (".128" in op or ".ENL2" in op)
 
 
-def hot_loop_size(instructions, which="innermost"):
-    """Instructions (NOPs excluded) in the innermost (or outermost: a grid-stride loop whose body holds
-    per-row inner loops, each counted once) loop that holds a 128-bit global load, or None."""
-    sizes = []
-    for first, last in loops(instructions):
-        body = instructions[first:last + 1]
-        if any(is_wide_global_load(t) for _, t in body):
-            sizes.append(sum(1 for _, t in body if opcode(t) != "NOP"))
-    if not sizes:
+def branch_target(text):
+    if not opcode(text).startswith("BRA"):
         return None
-    return min(sizes) if which == "innermost" else max(sizes)
+    m = re.search(r"0x([0-9a-f]+)", text.split("BRA", 1)[1])
+    return int(m.group(1), 16) if m else None
+
+
+def longest_path(instructions, first, last):
+    """Most instructions (NOPs excluded) on one path from the loop head `first` to its backward branch `last`,
+    forward edges only (an inner loop counts once): what one iteration executes at most. nvcc unswitches
+    loops on uniform conditions (e.g. whether the loss is stored), leaving several copies of the body of
+    which one iteration runs only one: a plain count of the body would add them all up."""
+    index_of = {addr: i for i, (addr, _) in enumerate(instructions)}
+    best = {first: 0}
+    for i in range(first, last + 1):
+        if i not in best:
+            continue
+        text = instructions[i][1]
+        here = best[i] + (opcode(text) != "NOP")
+        if i == last:
+            return here
+        op = opcode(text)
+        conditional = text.split()[0].startswith("@")
+        successors = []
+        target = branch_target(text)
+        if target is not None and target in index_of and index_of[target] > i:
+            successors.append(index_of[target])
+        # A failed device assert (its CALL to __assertfail) ends the kernel's useful work: not counted.
+        ends = op.startswith("EXIT") or op.startswith("RET") or op.startswith("CALL.ABS.NOINC")
+        if ends and op.startswith("CALL"):
+            continue
+        if not ((target is not None or ends) and not conditional):
+            successors.append(i + 1)
+        for j in successors:
+            if j <= last and best.get(j, -1) < here:
+                best[j] = here
+    return None
+
+
+def hot_loop_size(instructions, which="innermost"):
+    """Longest path through the innermost (or outermost: a grid-stride loop whose body holds per-row inner
+    loops, each counted once) loop that holds a 128-bit global load, or None."""
+    found = []
+    for first, last in loops(instructions):
+        if any(is_wide_global_load(t) for _, t in instructions[first:last + 1]):
+            found.append((last - first, longest_path(instructions, first, last)))
+    if not found:
+        return None
+    span, size = min(found) if which == "innermost" else max(found)
+    return size
 
 
 def blocks_per_sm(registers, threads, shared):

@@ -6,9 +6,13 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/OpMathType.h>
 
+#include "../log1p_unit_coefficients.h"
+
 #include <type_traits>
 
 namespace focal {
+// The CPU kernels use focal_math.h's `exact` build of the formulas; these overloads join it.
+inline namespace exact {
 
 #define FOCAL_VEC_PRIMITIVES(S)                                                                      \
   inline at::vec::Vectorized<S> fm_exp(const at::vec::Vectorized<S>& x) { return x.exp(); }          \
@@ -41,17 +45,23 @@ inline at::vec::Vectorized<float> fm_pow(const at::vec::Vectorized<float>& x, co
   const Vec zero(0.0f);
   return fm_select(x == zero, fm_select(y == zero, Vec(1.0f), zero), (y * x.log()).exp());
 }
-// log1p(e) for e in [0, 1] as e * P(e), P a degree-8 fit of log1p(e) / e (relative least squares at
-// Chebyshev nodes): within 1.8e-7 relative error over [1e-38, 1] in float, and no division (the atanh
-// series it replaces needed one, which cost as much as the exp of the sigmoid point function).
+// log1p(e) for e in [0, 1] as e * P(e) (log1p_unit_coefficients.h): no division, no log.
 inline at::vec::Vectorized<float> fm_log1p_unit(const at::vec::Vectorized<float>& e) {
   using Vec = at::vec::Vectorized<float>;
-  Vec series(0.0051058256067335606f);
-  for (const float c : {-0.028991956263780594f, 0.07738073915243149f, -0.13590599596500397f, 0.1907130926847458f,
-                        -0.2483394593000412f, 0.3331793546676636f, -0.4999943673610687f, 0.9999999403953552f}) {
-    series = at::vec::fmadd(series, e, Vec(c));
-  }
+  Vec series(kLog1pUnitCoefficients[0]);
+  for (int i = 1; i < 9; ++i) series = at::vec::fmadd(series, e, Vec(kLog1pUnitCoefficients[i]));
   return series * e;
+}
+template <typename S>
+inline at::vec::Vectorized<S> fm_fma(const at::vec::Vectorized<S>& a, const at::vec::Vectorized<S>& b,
+                                     const at::vec::Vectorized<S>& c) {
+  return at::vec::fmadd(a, b, c);
+}
+inline at::vec::Vectorized<float> fm_reciprocal(const at::vec::Vectorized<float>& x) {
+  return at::vec::Vectorized<float>(1.0f) / x;
+}
+inline at::vec::Vectorized<double> fm_reciprocal(const at::vec::Vectorized<double>& x) {
+  return at::vec::Vectorized<double>(1.0) / x;
 }
 
 // ---- loads and stores between a tensor's dtype and its opmath vectors (full vectors) ----------------------
@@ -129,4 +139,5 @@ inline Vec reduce_each(Vec* v, const Op& op) {
   return v[0];
 }
 
+}  // inline namespace exact
 }  // namespace focal

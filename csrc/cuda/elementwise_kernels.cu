@@ -5,28 +5,42 @@
 #include "kernels_common.cuh"
 
 namespace focal::cuda {
+
+// How an element finds its target and weight: a kernel template argument, so that each instantiation's loop
+// holds only its own bookkeeping.
+enum class Layout : int {
+  kDense = 0,    // dense target; nothing per row or per class
+  kGeneral = 1,  // either target, with per-class alpha or a class / element weight: read per element
+  kIndex = 2,    // one class-index target per row, with a score and a weight per row at most
+};
+
 namespace {
 
 // Point functors: (logit or prob x, target t, class col) -> loss, d loss / d x, from focal_math.h.
-template <int G, typename T>
+// kPoly: Poly-1's epsilon is nonzero (else its terms are left out of the code, not multiplied by 0).
+template <int G, bool kPoly, typename T>
 struct SigmoidPoint {
+  static constexpr bool kClassIndexTargets = true;
   AlphaWeight<T> alpha;
   const T* class_alpha;  // per-class alpha, or null
   T gamma;
   T smoothing;
   T poly;
-  __device__ __forceinline__ void operator()(T x, T t, int64_t col, T& loss, T& grad) const {
-    const AlphaWeight<T> a = class_alpha != nullptr ? AlphaWeight<T>{T(1) - class_alpha[col], T(2) * class_alpha[col] - T(1)}
-                                                    : alpha;
-    sigmoid_focal_point<G>(x, smooth_binary_target(t, smoothing), a, gamma, loss, grad, poly);
+  template <bool kHasColumn>
+  __device__ __forceinline__ void apply(T x, T t, int64_t col, T& loss, T& grad) const {
+    AlphaWeight<T> a = alpha;
+    if (kHasColumn && class_alpha != nullptr) a = AlphaWeight<T>{T(1) - class_alpha[col], T(2) * class_alpha[col] - T(1)};
+    sigmoid_focal_point<G, kPoly>(x, smooth_binary_target(t, smoothing), a, gamma, loss, grad, poly);
   }
 };
 
 template <int G, typename T>
 struct BinaryPoint {
+  static constexpr bool kClassIndexTargets = false;  // prob and a dense target only
   AlphaWeight<T> alpha;
   T gamma;
-  __device__ __forceinline__ void operator()(T p, T t, int64_t, T& loss, T& grad) const {
+  template <bool>
+  __device__ __forceinline__ void apply(T p, T t, int64_t, T& loss, T& grad) const {
     // NaN passes (and propagates), as on CPU.
     CUDA_KERNEL_ASSERT(!(p < T(0) || p > T(1)) && "prob: expected values in [0, 1]");
     binary_focal_point<G>(p, t, alpha, gamma, loss, grad);
@@ -35,26 +49,32 @@ struct BinaryPoint {
 
 template <int G, typename T>
 struct VarifocalPoint {
+  static constexpr bool kClassIndexTargets = true;
   T alpha;
   T gamma;
   bool iou_weighted;
-  __device__ __forceinline__ void operator()(T x, T q, int64_t, T& loss, T& grad) const {
+  template <bool>
+  __device__ __forceinline__ void apply(T x, T q, int64_t, T& loss, T& grad) const {
     varifocal_point<G>(x, q, alpha, gamma, iou_weighted, loss, grad);
   }
 };
 
 template <int G, typename T>
 struct QualityFocalPoint {
+  static constexpr bool kClassIndexTargets = true;
   T beta;
-  __device__ __forceinline__ void operator()(T x, T y, int64_t, T& loss, T& grad) const {
+  template <bool>
+  __device__ __forceinline__ void apply(T x, T y, int64_t, T& loss, T& grad) const {
     quality_focal_point<G>(x, y, beta, loss, grad);
   }
 };
 
 template <typename T>
 struct AsymmetricPoint {
+  static constexpr bool kClassIndexTargets = true;
   AsymmetricParams<T> params;
-  __device__ __forceinline__ void operator()(T x, T t, int64_t, T& loss, T& grad) const {
+  template <bool>
+  __device__ __forceinline__ void apply(T x, T t, int64_t, T& loss, T& grad) const {
     asymmetric_point(x, t, params, loss, grad);
   }
 };
@@ -80,122 +100,199 @@ struct ElementwiseInputs {
   int64_t n;
   int64_t C;
   int64_t ignore_index;
-  bool track_rows;  // row / column needed: class-index targets, row or class weights, per-class alpha
-  bool vectorized;
+  bool vectorized;  // 16-byte aligned pointers, and C >= the vector width unless Layout::kDense
 };
 
+// (row, col) of an element of the (rows, C) input, moved forward by a fixed step without a division.
+struct RowCursor {
+  int64_t row = 0;
+  int64_t col = 0;
+  int64_t step_rows = 0;
+  int64_t step_cols = 0;  // step = step_rows * C + step_cols, 0 <= step_cols < C
+  int64_t C = 1;
+  __device__ __forceinline__ RowCursor(int64_t element, int64_t step, int64_t classes)
+      : row(element / classes), col(element % classes), step_rows(step / classes), step_cols(step % classes),
+        C(classes) {}
+  __device__ __forceinline__ void advance() {
+    row += step_rows;
+    col += step_cols;
+    if (col >= C) {
+      col -= C;
+      ++row;
+    }
+  }
+};
+
+// What a row contributes to the elements of one access that lie in it. `positive` is the position within
+// the access of the row's target class (-1: none there, the background class, or an ignored row).
+template <typename op_t>
+struct RowTerms {
+  int positive = -1;
+  op_t q = op_t(1);       // the target class's value: score, or 1
+  op_t weight = op_t(1);  // row weight; 0 for an ignored row
+  bool counted = true;
+};
+
+// Element k of an access that starts at column `first_col` of row `row` (first_col may be negative: the
+// access began in the previous row).
+template <typename scalar_t>
+__device__ __forceinline__ RowTerms<opmath_t<scalar_t>> row_terms(const ElementwiseInputs<scalar_t>& in, int64_t row,
+                                                                  int64_t first_col, int width) {
+  using op_t = opmath_t<scalar_t>;
+  RowTerms<op_t> r;
+  if (in.index_target != nullptr) {
+    const int64_t tgt = in.index_target[row];
+    r.counted = sigmoid_row_counted(tgt, in.C, in.ignore_index);
+    const int64_t at = tgt - first_col;
+    r.positive = r.counted && tgt < in.C && at >= 0 && at < width ? static_cast<int>(at) : -1;
+    if (in.score != nullptr) r.q = static_cast<op_t>(in.score[row]);
+  }
+  if (in.weight_mode == WeightMode::kRow) r.weight = in.weight[row];
+  if (!r.counted) r.weight = op_t(0);
+  return r;
+}
+
+// Loss and gradient of `W` consecutive elements starting at element `base` = (cur.row, cur.col): W = 1
+// (scalar accesses) or the vector width (then C >= W unless kDense, so they span at most two rows).
+// Returns the counted elements (class-index targets; dense targets count every element, on the host).
+template <Layout L, int W, typename scalar_t, typename Point>
+__device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scalar_t>& in, const Point& point,
+                                                    int64_t base, const RowCursor& cur, const scalar_t* xs,
+                                                    const scalar_t* ts, scalar_t* ls, scalar_t* gs,
+                                                    opmath_t<scalar_t>& acc) {
+  using op_t = opmath_t<scalar_t>;
+  if constexpr (L == Layout::kDense) {
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      op_t l, g;
+      point.template apply<false>(static_cast<op_t>(xs[k]), static_cast<op_t>(ts[k]), 0, l, g);
+      acc += l;
+      ls[k] = static_cast<scalar_t>(l);
+      gs[k] = static_cast<scalar_t>(g);
+    }
+    return 0;
+  } else {
+    const bool index = L == Layout::kIndex || in.index_target != nullptr;  // (always non-null for kIndex)
+    // Elements k >= split lie in the next row.
+    const int split = W == 1 || cur.col + W <= in.C ? W : static_cast<int>(in.C - cur.col);
+    const RowTerms<op_t> first = row_terms(in, cur.row, cur.col, W);
+    const RowTerms<op_t> second = split < W ? row_terms(in, cur.row + 1, cur.col - in.C, W) : RowTerms<op_t>{};
+#pragma unroll
+    for (int k = 0; k < W; ++k) {
+      const bool next_row = k >= split;
+      const op_t t = !index                ? static_cast<op_t>(ts[k])
+                     : k == first.positive ? first.q
+                     : k == second.positive ? second.q
+                                            : op_t(0);
+      op_t w = next_row ? second.weight : first.weight;
+      int64_t col = 0;
+      if constexpr (L == Layout::kGeneral) {
+        col = next_row ? cur.col + k - in.C : cur.col + k;
+        if (in.weight_mode == WeightMode::kClass) w = in.weight[col];
+        if (in.weight_mode == WeightMode::kElement) w = in.weight[base + k];
+      }
+      // Ignored rows (weight 0): x = 0 keeps their zero-weighted terms finite whatever the logits hold.
+      const op_t x = w != op_t(0) ? static_cast<op_t>(xs[k]) : op_t(0);
+      op_t l, g;
+      point.template apply<L == Layout::kGeneral>(x, t, col, l, g);
+      l *= w;
+      g *= w;
+      acc += l;
+      ls[k] = static_cast<scalar_t>(l);
+      gs[k] = static_cast<scalar_t>(g);
+    }
+    if (!index) return 0;
+    return (first.counted ? split : 0) + (second.counted ? W - split : 0);
+  }
+}
+
+// Vectors each thread loads before computing on any: more 16-byte loads in flight per thread.
+constexpr int kVectorsPerThread = 2;
+
 // Element (row, col) of the (rows, C) input. Class-index targets make element (row, col) positive (with the
-// row's score, or 1) iff col == target[row]; a row's target, score and weight are read once per row, never
-// expanded to full-size tensors. Ignored rows: loss 0, grad 0, not counted. loss / grad may each be null.
-template <typename scalar_t, typename Point>
+// row's score, or 1) iff col == target[row]; a row's target, score and weight are read once per access,
+// never expanded to full-size tensors. Ignored rows: loss 0, grad 0, not counted. loss / grad may be null.
+template <typename scalar_t, typename Point, Layout L>
 __global__ void __launch_bounds__(kThreads)
     elementwise_forward_kernel(ElementwiseInputs<scalar_t> in, scalar_t* __restrict__ loss,
                                scalar_t* __restrict__ grad, Point point, ReductionBuffers reduce) {
   using op_t = opmath_t<scalar_t>;
   constexpr int V = vector_width<scalar_t>();
+  constexpr int U = kVectorsPerThread;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   op_t acc(0);
   int64_t count = 0;
-
-  // What the current row contributes to each of its elements.
-  struct Row {
-    int64_t index = 0;
-    int64_t target = -1;
-    bool counted = true;
-    op_t q = op_t(1);
-    op_t weight = op_t(1);
-  };
-  const auto enter_row = [&](int64_t r, Row& row) {
-    row.index = r;
-    if (in.index_target != nullptr) {
-      row.target = in.index_target[r];
-      row.counted = sigmoid_row_counted(row.target, in.C, in.ignore_index);
-      row.q = in.score != nullptr ? static_cast<op_t>(in.score[r]) : op_t(1);
-    }
-    if (in.weight_mode == WeightMode::kRow) row.weight = in.weight[r];
-  };
-  const auto element = [&](op_t xv, op_t tv, int64_t i, int64_t col, const Row& row, op_t& l, op_t& g) {
-    if (in.index_target != nullptr) {
-      if (!row.counted) {
-        l = op_t(0);
-        g = op_t(0);
-        return;
-      }
-      tv = col == row.target ? row.q : op_t(0);
-      ++count;
-    }
-    point(xv, tv, col, l, g);
-    if (in.weight_mode != WeightMode::kNone) {
-      const op_t w = in.weight_mode == WeightMode::kRow     ? row.weight
-                     : in.weight_mode == WeightMode::kClass ? in.weight[col]
-                                                            : in.weight[i];
-      l *= w;
-      g *= w;
-    }
-    acc += l;
-  };
+  const bool store_loss = loss != nullptr, store_grad = grad != nullptr;
 
   int64_t tail_begin = 0;
   if (in.vectorized) {
     const int64_t n_vec = in.n / V;
-    for (int64_t v = tid; v < n_vec; v += stride) {
-      const int64_t base = v * V;
-      Row row;
-      int64_t col = 0;
-      if (in.track_rows) {
-        enter_row(base / in.C, row);
-        col = base - row.index * in.C;
-      }
-      const Vector<scalar_t> xv = load_vector(in.x + base);
-      Vector<scalar_t> tv;
-      if (in.dense_target != nullptr) tv = load_vector(in.dense_target + base);
-      Vector<scalar_t> lv, gv;
+    RowCursor cur(L == Layout::kDense ? 0 : tid * V, stride * V, in.C);
+    for (int64_t v0 = tid; v0 < n_vec; v0 += U * stride) {
+      Vector<scalar_t> xv[U], tv[U];
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        if (in.track_rows && k > 0 && ++col == in.C) {  // the vector crosses into the next row (which exists)
-          col = 0;
-          enter_row(row.index + 1, row);
+      for (int j = 0; j < U; ++j) {
+        const int64_t v = v0 + j * stride;
+        if (v < n_vec) {
+          xv[j] = load_vector(in.x + v * V);
+          if (L != Layout::kIndex) tv[j] = load_vector(in.dense_target + v * V);
         }
-        op_t l, g;
-        element(static_cast<op_t>(xv.val[k]), in.dense_target != nullptr ? static_cast<op_t>(tv.val[k]) : op_t(0),
-                base + k, col, row, l, g);
-        lv.val[k] = static_cast<scalar_t>(l);
-        gv.val[k] = static_cast<scalar_t>(g);
       }
-      if (loss != nullptr) store_vector(loss + base, lv);
-      if (grad != nullptr) store_vector(grad + base, gv);
+#pragma unroll
+      for (int j = 0; j < U; ++j) {
+        const int64_t v = v0 + j * stride;
+        if (v < n_vec) {
+          Vector<scalar_t> lv, gv;
+          count += elements_forward<L, V>(in, point, v * V, cur, xv[j].val, tv[j].val, lv.val, gv.val, acc);
+          if (store_loss) store_vector(loss + v * V, lv);
+          if (store_grad) store_vector(grad + v * V, gv);
+        }
+        if (L != Layout::kDense) cur.advance();
+      }
     }
     tail_begin = n_vec * V;
   }
-  for (int64_t i = tail_begin + tid; i < in.n; i += stride) {
-    Row row;
-    int64_t col = 0;
-    if (in.track_rows) {
-      enter_row(i / in.C, row);
-      col = i - row.index * in.C;
+  if (tail_begin + tid < in.n) {
+    RowCursor cur(L == Layout::kDense ? 0 : tail_begin + tid, stride, in.C);
+    for (int64_t i = tail_begin + tid; i < in.n; i += stride) {
+      scalar_t tv = L == Layout::kIndex ? scalar_t(0) : in.dense_target[i];
+      scalar_t lv, gv;
+      count += elements_forward<L, 1>(in, point, i, cur, in.x + i, &tv, &lv, &gv, acc);
+      if (store_loss) loss[i] = lv;
+      if (store_grad) grad[i] = gv;
+      if (L != Layout::kDense) cur.advance();
     }
-    op_t l, g;
-    element(static_cast<op_t>(in.x[i]), in.dense_target != nullptr ? static_cast<op_t>(in.dense_target[i]) : op_t(0),
-            i, col, row, l, g);
-    if (loss != nullptr) loss[i] = static_cast<scalar_t>(l);
-    if (grad != nullptr) grad[i] = static_cast<scalar_t>(g);
   }
   finish_forward_block<kThreads, scalar_t>(static_cast<double>(acc), static_cast<double>(count), reduce);
 }
 
-// out = grad * grad_output in opmath; see BackwardParams.
+// out = grad * grad_output in opmath; see BackwardParams. out may be grad itself (backward in place).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    apply_grad_output_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ grad_output,
-                             const opmath_t<scalar_t>* __restrict__ grad_scale, scalar_t* __restrict__ out, int64_t n,
+    apply_grad_output_kernel(const scalar_t* grad, const scalar_t* __restrict__ grad_output,
+                             const opmath_t<scalar_t>* __restrict__ grad_scale, scalar_t* out, int64_t n,
                              bool reduced, int64_t classes, int64_t spatial) {
   using op_t = opmath_t<scalar_t>;
+  constexpr int V = vector_width<scalar_t>();
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   // The scale is applied in opmath: 1/count rounded to fp16 would be subnormal or 0 for large means.
   const op_t factor = reduced ? static_cast<op_t>(grad_output[0]) * *grad_scale : op_t(1);
+  int64_t tail_begin = 0;
+  if (reduced && is_vector_aligned(grad) && is_vector_aligned(out)) {
+    const int64_t n_vec = n / V;
+    for (int64_t v = tid; v < n_vec; v += stride) {
+      const Vector<scalar_t> gv = load_vector(grad + v * V);
+      Vector<scalar_t> ov;
+#pragma unroll
+      for (int k = 0; k < V; ++k) ov.val[k] = static_cast<scalar_t>(static_cast<op_t>(gv.val[k]) * factor);
+      store_vector(out + v * V, ov);
+    }
+    tail_begin = n_vec * V;
+  }
   const int64_t row_elements = classes * spatial;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
+  for (int64_t i = tail_begin + tid; i < n; i += stride) {
     op_t go = factor;
     if (!reduced) {
       go = static_cast<op_t>(classes > 0 ? grad_output[(i / row_elements) * spatial + i % spatial] : grad_output[i]);
@@ -204,13 +301,15 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename scalar_t, typename Point>
+template <typename scalar_t, Layout L, typename Point>
 void launch_with_point(const ElementwiseInputs<scalar_t>& in, scalar_t* loss, scalar_t* grad, const Point& point,
                        const ReductionBuffers& reduce, int device, cudaStream_t stream) {
   constexpr int V = vector_width<scalar_t>();
-  const int grid = grid_for(in.vectorized ? ceil_div(in.n, V) : in.n, kThreads, device,
-                            &elementwise_forward_kernel<scalar_t, Point>, kThreads);
-  FOCAL_LAUNCH(grid, kThreads, 0, stream, elementwise_forward_kernel<scalar_t, Point>)(in, loss, grad, point, reduce);
+  const auto kernel = &elementwise_forward_kernel<scalar_t, Point, L>;
+  const int grid = grid_for(in.vectorized ? ceil_div(in.n, V * kVectorsPerThread) : in.n, kThreads, device, kernel,
+                            kThreads);
+  FOCAL_LAUNCH(grid, kThreads, 0, stream, elementwise_forward_kernel<scalar_t, Point, L>)(in, loss, grad, point,
+                                                                                          reduce);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -231,16 +330,33 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     in.n = p.numel;
     in.C = p.classes < 1 ? 1 : p.classes;
     in.ignore_index = p.ignore_index;
-    in.track_rows = p.index_target || p.class_alpha != nullptr || in.weight_mode == WeightMode::kRow ||
-                    in.weight_mode == WeightMode::kClass;
+    const bool per_element_reads =
+        p.class_alpha != nullptr || in.weight_mode == WeightMode::kClass || in.weight_mode == WeightMode::kElement;
+    const Layout layout = per_element_reads                                        ? Layout::kGeneral
+                          : p.index_target                                         ? Layout::kIndex
+                          : in.weight_mode == WeightMode::kNone                    ? Layout::kDense
+                                                                                   : Layout::kGeneral;
     auto* loss = static_cast<scalar_t*>(p.loss);
     auto* grad = static_cast<scalar_t*>(p.grad);
+    // An access spans at most two rows (elements_forward) unless the layout has no rows.
     in.vectorized = is_vector_aligned(in.x) && is_vector_aligned(loss) && is_vector_aligned(grad) &&
-                    is_vector_aligned(in.dense_target);
+                    is_vector_aligned(in.dense_target) &&
+                    (layout == Layout::kDense || in.C >= vector_width<scalar_t>());
     ReductionBuffers reduce = p.reduce;
     // Dense targets count every element; class-index targets the elements of non-ignored rows.
     reduce.fixed_count = p.index_target ? -1 : p.numel;
-    const auto launch = [&](const auto& point) { launch_with_point(in, loss, grad, point, reduce, device, stream); };
+    const auto launch = [&](const auto& point) {
+      using Point = std::decay_t<decltype(point)>;
+      if (layout == Layout::kDense) {
+        launch_with_point<scalar_t, Layout::kDense>(in, loss, grad, point, reduce, device, stream);
+      } else if (layout == Layout::kGeneral) {
+        launch_with_point<scalar_t, Layout::kGeneral>(in, loss, grad, point, reduce, device, stream);
+      } else if constexpr (Point::kClassIndexTargets) {
+        launch_with_point<scalar_t, Layout::kIndex>(in, loss, grad, point, reduce, device, stream);
+      } else {
+        TORCH_CHECK(false, "focal elementwise forward: this loss takes no class-index targets");
+      }
+    };
     const ElementwiseConstants& c = p.constants;
     const op_t gamma = static_cast<op_t>(c.gamma);
     if (p.loss_kind == ElementwiseLoss::kAsymmetric) {
@@ -251,11 +367,19 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     dispatch_gamma(c.gamma, [&](auto gamma_tag) {
       constexpr int G = decltype(gamma_tag)::value;
       switch (p.loss_kind) {
-        case ElementwiseLoss::kSigmoidFocal:
-          launch(SigmoidPoint<G, op_t>{AlphaWeight<op_t>::from(c.alpha), static_cast<const op_t*>(p.class_alpha),
-                                       gamma, static_cast<op_t>(c.label_smoothing),
-                                       static_cast<op_t>(c.poly_epsilon)});
+        case ElementwiseLoss::kSigmoidFocal: {
+          const auto sigmoid = [&](auto poly_tag) {
+            launch(SigmoidPoint<G, decltype(poly_tag)::value, op_t>{
+                AlphaWeight<op_t>::from(c.alpha), static_cast<const op_t*>(p.class_alpha), gamma,
+                static_cast<op_t>(c.label_smoothing), static_cast<op_t>(c.poly_epsilon)});
+          };
+          if (c.poly_epsilon != 0.0) {
+            sigmoid(std::true_type{});
+          } else {
+            sigmoid(std::false_type{});
+          }
           break;
+        }
         case ElementwiseLoss::kBinaryFocal:
           launch(BinaryPoint<G, op_t>{AlphaWeight<op_t>::from(c.alpha), gamma});
           break;

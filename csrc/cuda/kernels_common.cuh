@@ -11,6 +11,8 @@
 
 #include "focal_cuda_kernels.h"
 
+// The kernels take focal_math.h's device build: float exp / log / reciprocal on the special-function unit.
+#define FOCAL_DEVICE_APPROX_MATH
 #include "../focal_math.h"
 
 #include <ATen/OpMathType.h>
@@ -71,7 +73,7 @@ __device__ __forceinline__ void store_vector(scalar_t* p, const Vector<scalar_t>
   *reinterpret_cast<Vector<scalar_t>*>(p) = v;
 }
 
-inline bool is_vector_aligned(const void* p) {
+C10_HOST_DEVICE inline bool is_vector_aligned(const void* p) {
   return p == nullptr || reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0;
 }
 

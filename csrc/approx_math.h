@@ -1,0 +1,114 @@
+// The float primitives of the CUDA kernels (focal_math.h uses them when FOCAL_DEVICE_APPROX_MATH is defined):
+// the GPU's special-function unit (one MUFU instruction each: ex2, lg2, rcp) instead of CUDA's accurate expf /
+// log1pf / IEEE division, which cost 10-40 instructions and a slow-path branch each.
+//
+// Documented worst-case errors (PTX ISA; CUDA C++ Programming Guide, intrinsic functions):
+//   ex2.approx.ftz.f32  2 ulp (results below 2**-126 flush to 0)
+//   lg2.approx.f32      2**-22 absolute for x in [0.5, 2], 2 ulp elsewhere
+//   rcp.approx.ftz.f32  1 ulp
+// Under the SIMT emulator (host C++) each returns the exact value moved by that worst case, in a direction
+// fixed by the input's bits, so the emulated tests run the kernels at the hardware's error bounds.
+#pragma once
+
+#include "log1p_unit_coefficients.h"
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace focal::approx {
+
+#if defined(__CUDA_ARCH__)
+
+__device__ __forceinline__ float exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float log2(float x) {
+  float y;
+  asm("lg2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float reciprocal(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float fma(float a, float b, float c) {
+  return __fmaf_rn(a, b, c);
+}
+
+#else
+
+// +1 or -1 from the input's bits: a fixed, input-dependent direction for the emulated error.
+inline float error_sign(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return ((bits ^ (bits >> 7)) & 1u) ? 1.0f : -1.0f;
+}
+inline float exp2(float x) {
+  const float y = std::exp2(x);
+  if (y < 0x1p-126f) return 0.0f;  // ftz
+  return y * (1.0f + error_sign(x) * 0x1p-22f);
+}
+inline float log2(float x) {
+  const float y = std::log2(x);
+  if (!(x >= 0.5f && x <= 2.0f)) return y * (1.0f + error_sign(x) * 0x1p-22f);
+  return y + error_sign(x) * 0x1p-22f;
+}
+inline float reciprocal(float x) {
+  return (1.0f / x) * (1.0f + error_sign(x) * 0x1p-23f);
+}
+inline float fma(float a, float b, float c) {
+  return std::fma(a, b, c);
+}
+
+#endif
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+C10_HOST_DEVICE inline float exp(float x) {
+  return exp2(x * kLog2e);
+}
+// x * log2(e) rounds: about |x| 6e-8 relative error on top of ex2's (3e-6 at |x| = 50); the float tolerances
+// of the tests are 1e-4 relative.
+C10_HOST_DEVICE inline float log(float x) {
+  return log2(x) * kLn2;
+}
+// e * P(e) for e in [0, 1]: 1.8e-7 relative (log1p_unit_coefficients.h). Not log2(1 + e): its 2**-22 absolute
+// error would be all of log1p(e) for the tiny e of well-classified examples.
+C10_HOST_DEVICE inline float log1p_unit(float e) {
+  constexpr float coefficients[9] = {FOCAL_LOG1P_UNIT_COEFFICIENTS};
+  float series = coefficients[0];
+#pragma unroll
+  for (int i = 1; i < 9; ++i) series = fma(series, e, coefficients[i]);
+  return series * e;
+}
+// log1p(x), x > -1: a 5-term series below |x| = 1/16 (2e-7 relative), else log(1 + x) corrected for the
+// rounding of 1 + x.
+C10_HOST_DEVICE inline float log1p(float x) {
+  if (x > -0.0625f && x < 0.0625f) {
+    return x * fma(x, fma(x, fma(x, fma(x, 0.2f, -0.25f), 1.0f / 3.0f), -0.5f), 1.0f);
+  }
+  const float y = 1.0f + x;
+  if (y == 0.0f) return log(y);  // x = -1: -inf (the correction below would be 0 * inf)
+  return log(y) + (x - (y - 1.0f)) * reciprocal(y);
+}
+// expm1(x): a 5-term series below |x| = 1/16 (2e-7 relative), else exp(x) - 1 (no cancellation left there).
+C10_HOST_DEVICE inline float expm1(float x) {
+  if (x > -0.0625f && x < 0.0625f) {
+    return x * fma(x, fma(x, fma(x, fma(x, 1.0f / 120.0f, 1.0f / 24.0f), 1.0f / 6.0f), 0.5f), 1.0f);
+  }
+  return exp(x) - 1.0f;
+}
+// x**y for x in [0, 1] and y >= 0 (modulating factors): 2**(y log2 x); 0**0 = 1, 0**y = 0.
+C10_HOST_DEVICE inline float pow(float x, float y) {
+  if (x > 0.0f) return exp2(y * log2(x));
+  return x == 0.0f ? (y == 0.0f ? 1.0f : 0.0f) : NAN;
+}
+
+}  // namespace focal::approx
