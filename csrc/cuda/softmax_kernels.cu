@@ -499,10 +499,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Vectors per thread of the block kernel, as many as fit 128 registers without a stack frame: a row of 32768
-// half/bf16 (64 values a thread), 24576 float or 8192 double classes stays in registers.
+// half/bf16 (64 values a thread), 16384 float or 4096 double classes stays in registers.
 template <typename scalar_t>
 constexpr int block_row_slots() {
-  return sizeof(scalar_t) == 2 ? 8 : sizeof(scalar_t) == 4 ? 12 : 8;
+  return sizeof(scalar_t) == 2 ? 8 : sizeof(scalar_t) == 4 ? 8 : 4;
 }
 
 // Rows of (rows, C) with large C: threads_per_row (64..512) threads of the block per row.
