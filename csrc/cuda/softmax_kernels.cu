@@ -1,23 +1,27 @@
 // Softmax focal loss forward kernels. One row = the C class logits of one sample (and spatial position).
-// The row's log-sum-exp comes from an online max/sum-exp in one read; the loss and gradient passes re-read
-// the row (from cache). Three ways to map rows to threads, one row routine (softmax_row) for all:
-//   * warp kernel: a group of 1..32 lanes per row, for (N, C) with C <= kWarpRowMaxClasses;
-//   * block kernel: a block per row, for large C (vocabularies of 32000+);
-//   * spatial kernel: a thread per (n, s) of (N, C, S), classes strided by S, so a warp's loads are
-//     contiguous along S (no transpose).
+// Each thread keeps its share of the row in registers: one read of the row, one exp per element (the
+// exp(x - local max) values serve both the log-sum-exp and the gradient), one combined (max, sum) reduction per
+// row. One row routine (softmax_row) for three ways of mapping rows to threads:
+//   * warp kernel: `lanes` (power of two) consecutive lanes per row, `slots` 16-byte vectors per lane, chosen so
+//     that lanes * slots just covers the row (C = 80 bf16: 2 lanes of 5 vectors), for C <= 1024;
+//   * block kernel: a group of 64..512 threads of a 512-thread block per row, for large C (32000 bf16 stays in
+//     registers; longer rows go in chunks, re-read for the gradient);
+//   * spatial kernel: (N, C, S) tiles of positions x class groups, loads coalesced along S, classes split
+//     between the threads of a column (one thread per position for small C).
+// Contiguous rows are read in aligned 16-byte vectors whatever C: the misaligned head and the tail of a row go
+// element by element.
 #include "kernels_common.cuh"
+
+#include <cstring>
 
 namespace focal::cuda {
 namespace {
-
-constexpr int64_t kWarpRowMaxClasses = 1024;
 
 template <typename T>
 struct SoftmaxConsts {
   T gamma;
   T q_on;   // smoothed target probability of the target class: 1 - s + s / C
   T q_off;  // and of every other class: s / C
-  bool smoothing;
   const T* alpha;       // C weights, or null (all 1)
   T poly;               // Poly-1 epsilon
   const T* row_weight;  // one weight per row (position), or null
@@ -28,110 +32,254 @@ __device__ __forceinline__ T negative_infinity() {
   return -std::numeric_limits<T>::infinity();
 }
 
-// ---- thread groups that share a row ---------------------------------------------------------------------------
+__device__ __forceinline__ int64_t div_up(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
-struct ThreadGroup {
-  __device__ __forceinline__ int rank() const { return 0; }
-  __device__ __forceinline__ int width() const { return 1; }
+// ---- (max, sum of exp(x - max)) pairs: the row's log-sum-exp in one reduction ----------------------------------
+
+template <typename T>
+struct MaxSum {
+  T max;
+  T sum;
+};
+
+template <typename T>
+__device__ __forceinline__ T sum_at_max(const MaxSum<T>& a, T to_max) {
+  return a.max == to_max ? a.sum : a.sum * fm_exp(a.max - to_max);  // equal also covers both -inf (empty)
+}
+
+// Commutative bitwise (max is, and the two rescaled sums are added), so xor butterflies agree in every lane.
+struct MaxSumOp {
   template <typename T>
-  __device__ __forceinline__ T sum(T v) const {
-    return v;
-  }
-  template <typename T>
-  __device__ __forceinline__ T max(T v) const {
-    return v;
+  __device__ __forceinline__ MaxSum<T> operator()(const MaxSum<T>& a, const MaxSum<T>& b) const {
+    const T m = b.max > a.max ? b.max : a.max;
+    return {m, sum_at_max(a, m) + sum_at_max(b, m)};
   }
 };
 
-// `width` (a power of two <= 32) consecutive lanes. The xor butterfly leaves the same, bitwise identical
-// value in every lane (each step adds the same two partial sums, only in swapped order).
-struct WarpGroup {
+// Two sums at once (label smoothing: the loss and sum_c q_c h_c).
+template <typename T>
+struct SumPair {
+  T a;
+  T b;
+};
+struct SumPairOp {
+  template <typename T>
+  __device__ __forceinline__ SumPair<T> operator()(const SumPair<T>& x, const SumPair<T>& y) const {
+    return {x.a + y.a, x.b + y.b};
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ MaxSum<T> shuffle_xor(MaxSum<T> v, int lane_mask) {
+  return {cuda::shuffle_xor(v.max, lane_mask), cuda::shuffle_xor(v.sum, lane_mask)};
+}
+template <typename T>
+__device__ __forceinline__ SumPair<T> shuffle_xor(SumPair<T> v, int lane_mask) {
+  return {cuda::shuffle_xor(v.a, lane_mask), cuda::shuffle_xor(v.b, lane_mask)};
+}
+
+// ---- thread groups that share a row: rank, width, reduce(value, op) returned to every member ------------------
+
+// `lanes` (a power of two <= 32) consecutive lanes. The xor butterfly leaves the same value in every lane.
+struct WarpLanes {
   int lane_rank;
   int lanes;
   __device__ __forceinline__ int rank() const { return lane_rank; }
   __device__ __forceinline__ int width() const { return lanes; }
-  template <typename T>
-  __device__ __forceinline__ T sum(T v) const {
-    for (int offset = lanes / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset, lanes);
-    return v;
-  }
-  template <typename T>
-  __device__ __forceinline__ T max(T v) const {
-    for (int offset = lanes / 2; offset > 0; offset /= 2) {
-      const T other = __shfl_xor_sync(0xffffffffu, v, offset, lanes);
-      v = other > v ? other : v;
-    }
+  template <typename V, typename Op>
+  __device__ __forceinline__ V reduce(V v, const Op& op) const {
+    for (int offset = lanes / 2; offset > 0; offset /= 2) v = op(v, shuffle_xor(v, offset));
     return v;
   }
 };
 
-// The whole block; results reach every thread (block_all_reduce).
-template <typename T, int BLOCK>
-struct BlockGroup {
-  T* scratch;  // __shared__, BLOCK / kWarpSize entries
-  __device__ __forceinline__ int rank() const { return threadIdx.x; }
-  __device__ __forceinline__ int width() const { return BLOCK; }
-  __device__ __forceinline__ T sum(T v) const { return block_all_reduce<BLOCK>(v, SumOp{}, scratch); }
-  __device__ __forceinline__ T max(T v) const { return block_all_reduce<BLOCK>(v, MaxOp{}, scratch); }
+// `threads` (a power of two, 64..BLOCK) consecutive threads of the block; every group of the block reduces at the
+// same time (the barriers are the block's). Warp results are folded in warp order: the same in every thread.
+template <int BLOCK>
+struct BlockThreads {
+  int threads;
+  __device__ __forceinline__ int rank() const { return threadIdx.x % threads; }
+  __device__ __forceinline__ int width() const { return threads; }
+  template <typename V, typename Op>
+  __device__ __forceinline__ V reduce(V v, const Op& op) const {
+    __shared__ V scratch[BLOCK / kWarpSize];
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v = op(v, shuffle_xor(v, offset));
+    if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = v;
+    __syncthreads();
+    const int warps = threads / kWarpSize;
+    const int first = threadIdx.x / threads * warps;
+    V total = scratch[first];
+    for (int w = 1; w < warps; ++w) total = op(total, scratch[first + w]);
+    __syncthreads();  // scratch is free again
+    return total;
+  }
 };
 
-// ---- one row ------------------------------------------------------------------------------------------------
+// Column `threadIdx.x % positions` of a BLOCK-thread block seen as (BLOCK / positions) x positions: the class
+// groups of one spatial position. Folded through shared memory in class-group order.
+template <int BLOCK>
+struct BlockColumn {
+  int positions;
+  __device__ __forceinline__ int rank() const { return threadIdx.x / positions; }
+  __device__ __forceinline__ int width() const { return BLOCK / positions; }
+  template <typename V, typename Op>
+  __device__ __forceinline__ V reduce(V v, const Op& op) const {
+    if (positions == BLOCK) return v;  // one thread per position
+    __shared__ V scratch[BLOCK];
+    scratch[threadIdx.x] = v;
+    __syncthreads();
+    const int column = threadIdx.x % positions;
+    V total = scratch[column];
+    for (int t = column + positions; t < BLOCK; t += positions) total = op(total, scratch[t]);
+    __syncthreads();
+    return total;
+  }
+};
 
-// Calls f(j, x_j) for this rank's classes j. x_j is at x[j * stride]; vectorized (stride 1, C a multiple of
-// the vector width, row 16-byte aligned) reads 128 bits at a time.
-template <typename scalar_t, typename Group, typename F>
-__device__ __forceinline__ void for_each_class(const scalar_t* __restrict__ x, int64_t stride, int64_t C,
-                                               bool vectorized, const Group& group, const F& f) {
+// ---- row access: `kUnit` elements per slot, units numbered along the row ----------------------------------------
+
+template <int kBytes>
+struct BitsOf;
+template <>
+struct BitsOf<2> {
+  using type = uint16_t;
+};
+template <>
+struct BitsOf<4> {
+  using type = uint32_t;
+};
+template <>
+struct BitsOf<8> {
+  using type = uint64_t;
+};
+
+// A contiguous row read in aligned 16-byte vectors: unit u covers span[u * V, u * V + V), where span starts at
+// the aligned address at or below the row start (`head` elements earlier). Vectors that stick out of the row
+// (at most the first and the last) are read and written element by element, the rest as one access.
+template <typename scalar_t>
+struct ContiguousRow {
+  static constexpr int kUnit = vector_width<scalar_t>();
   using op_t = opmath_t<scalar_t>;
-  constexpr int V = vector_width<scalar_t>();
-  if (vectorized) {
-    for (int64_t v = group.rank(); v < C / V; v += group.width()) {
-      const Vector<scalar_t> xv = load_vector(x + v * V);
-#pragma unroll
-      for (int k = 0; k < V; ++k) f(v * V + k, static_cast<op_t>(xv.val[k]));
-    }
-  } else {
-    for (int64_t j = group.rank(); j < C; j += group.width()) f(j, static_cast<op_t>(x[j * stride]));
-  }
-}
+  using Bits = typename BitsOf<sizeof(scalar_t)>::type;
+  const scalar_t* span;  // row start - head
+  scalar_t* grad_span;   // the gradient row at the same offset, or null
+  int64_t C;
+  int head;
+  bool grad_vectors;  // the gradient row has the same alignment as the input row
 
-// out_j = f(j, x_j) for this rank's classes, same access pattern as for_each_class.
-template <typename scalar_t, typename Group, typename F>
-__device__ __forceinline__ void map_classes(const scalar_t* __restrict__ x, scalar_t* __restrict__ out, int64_t stride,
-                                            int64_t C, bool vectorized, const Group& group, const F& f) {
+  __device__ __forceinline__ ContiguousRow(const scalar_t* row, scalar_t* grad_row, int64_t classes, bool grad_aligned)
+      : C(classes), grad_vectors(grad_aligned) {
+    head = static_cast<int>(reinterpret_cast<uintptr_t>(row) % kVectorBytes / sizeof(scalar_t));
+    span = row - head;
+    grad_span = grad_row != nullptr ? grad_row - head : nullptr;
+  }
+  __device__ __forceinline__ int64_t units() const { return div_up(head + C, kUnit); }
+  __device__ __forceinline__ int64_t class_of(int64_t u, int k) const { return u * kUnit + k - head; }
+  __device__ __forceinline__ int64_t unit_of(int64_t j) const { return (j + head) / kUnit; }
+  __device__ __forceinline__ bool inside(int64_t u) const {
+    const int64_t first = u * kUnit - head;
+    return first >= 0 && first + kUnit <= C;
+  }
+
+  // Classes outside [0, C) (or all, when !enabled) read as -inf: they add nothing to the max or the sum.
+  __device__ __forceinline__ void load(int64_t u, bool enabled, op_t (&out)[kUnit]) const {
+    Vector<scalar_t> v;
+    if (enabled && inside(u)) {
+      v = load_vector(span + u * kUnit);
+    } else {
+      const Bits minus_inf = bits_of(static_cast<scalar_t>(negative_infinity<op_t>()));
+      uint64_t words[2] = {0, 0};
+#pragma unroll 1
+      for (int k = 0; k < kUnit; ++k) {
+        const int64_t j = class_of(u, k);
+        const Bits b = enabled && j >= 0 && j < C ? reinterpret_cast<const Bits*>(span)[u * kUnit + k] : minus_inf;
+        shift_in(words, b);
+      }
+      memcpy(&v, words, sizeof(v));
+    }
+#pragma unroll
+    for (int k = 0; k < kUnit; ++k) out[k] = static_cast<op_t>(v.val[k]);
+  }
+
+  __device__ __forceinline__ void store(int64_t u, const op_t (&value)[kUnit]) const {
+    Vector<scalar_t> v;
+#pragma unroll
+    for (int k = 0; k < kUnit; ++k) v.val[k] = static_cast<scalar_t>(value[k]);
+    if (grad_vectors && inside(u)) {
+      store_vector(grad_span + u * kUnit, v);
+      return;
+    }
+    uint64_t words[2];
+    memcpy(words, &v, sizeof(v));
+#pragma unroll 1
+    for (int k = 0; k < kUnit; ++k) {
+      const int64_t j = class_of(u, k);
+      if (j >= 0 && j < C) reinterpret_cast<Bits*>(grad_span)[u * kUnit + k] = static_cast<Bits>(words[0]);
+      shift_out(words);
+    }
+  }
+  __device__ __forceinline__ op_t logit(int64_t j) const { return static_cast<op_t>(span[j + head]); }
+  __device__ __forceinline__ void store_class(int64_t j, op_t value) const {
+    grad_span[j + head] = static_cast<scalar_t>(value);
+  }
+  __device__ __forceinline__ bool has_grad() const { return grad_span != nullptr; }
+
+  static __device__ __forceinline__ Bits bits_of(scalar_t value) {
+    Bits b;
+    memcpy(&b, &value, sizeof(b));
+    return b;
+  }
+  // words = 128 bits, element 0 lowest: push b in at the top (after kUnit pushes the first one is lowest).
+  static __device__ __forceinline__ void shift_in(uint64_t (&words)[2], Bits b) {
+    constexpr int kBits = 8 * sizeof(Bits);
+    if constexpr (kBits == 64) {
+      words[0] = words[1];
+      words[1] = b;
+    } else {
+      words[0] = (words[0] >> kBits) | (words[1] << (64 - kBits));
+      words[1] = (words[1] >> kBits) | (static_cast<uint64_t>(b) << (64 - kBits));
+    }
+  }
+  static __device__ __forceinline__ void shift_out(uint64_t (&words)[2]) {
+    constexpr int kBits = 8 * sizeof(Bits);
+    if constexpr (kBits == 64) {
+      words[0] = words[1];
+    } else {
+      words[0] = (words[0] >> kBits) | (words[1] << (64 - kBits));
+      words[1] >>= kBits;
+    }
+  }
+};
+
+// Class j of a spatial position at x[j * stride], one class per unit.
+template <typename scalar_t>
+struct StridedRow {
+  static constexpr int kUnit = 1;
   using op_t = opmath_t<scalar_t>;
-  constexpr int V = vector_width<scalar_t>();
-  if (vectorized) {
-    for (int64_t v = group.rank(); v < C / V; v += group.width()) {
-      const Vector<scalar_t> xv = load_vector(x + v * V);
-      Vector<scalar_t> ov;
-#pragma unroll
-      for (int k = 0; k < V; ++k) ov.val[k] = static_cast<scalar_t>(f(v * V + k, static_cast<op_t>(xv.val[k])));
-      store_vector(out + v * V, ov);
-    }
-  } else {
-    for (int64_t j = group.rank(); j < C; j += group.width()) {
-      out[j * stride] = static_cast<scalar_t>(f(j, static_cast<op_t>(x[j * stride])));
-    }
+  const scalar_t* x;
+  scalar_t* grad;  // or null
+  int64_t stride;
+  int64_t C;
+  __device__ __forceinline__ int64_t units() const { return C; }
+  __device__ __forceinline__ int64_t class_of(int64_t u, int) const { return u; }
+  __device__ __forceinline__ int64_t unit_of(int64_t j) const { return j; }
+  __device__ __forceinline__ void load(int64_t u, bool enabled, op_t (&out)[1]) const {
+    out[0] = enabled && u < C ? static_cast<op_t>(x[u * stride]) : negative_infinity<op_t>();
   }
-}
-
-template <typename scalar_t, typename Group>
-__device__ __forceinline__ void zero_classes(scalar_t* __restrict__ out, int64_t stride, int64_t C,
-                                             const Group& group) {
-  for (int64_t j = group.rank(); j < C; j += group.width()) out[j * stride] = scalar_t(0);
-}
-
-// Running (max m, sum s of exp(x - m)) after one more value. -inf adds nothing; NaN makes s NaN.
-template <typename T>
-__device__ __forceinline__ void online_logsumexp_update(T& m, T& s, T v) {
-  if (v > m) {
-    s = s * fm_exp(m - v) + T(1);
-    m = v;
-  } else if (v != negative_infinity<T>()) {
-    s += fm_exp(v - m);
+  __device__ __forceinline__ void store(int64_t u, const op_t (&value)[1]) const {
+    if (u < C) grad[u * stride] = static_cast<scalar_t>(value[0]);
   }
-}
+  __device__ __forceinline__ op_t logit(int64_t j) const { return static_cast<op_t>(x[j * stride]); }
+  __device__ __forceinline__ void store_class(int64_t j, op_t value) const {
+    grad[j * stride] = static_cast<scalar_t>(value);
+  }
+  __device__ __forceinline__ bool has_grad() const { return grad != nullptr; }
+};
+
+// ---- one row --------------------------------------------------------------------------------------------------
 
 __device__ __forceinline__ bool softmax_row_counted(int64_t tgt, int64_t C, int64_t ignore_index) {
   if (tgt == ignore_index) return false;
@@ -140,87 +288,198 @@ __device__ __forceinline__ bool softmax_row_counted(int64_t tgt, int64_t C, int6
   return true;
 }
 
-// Loss of one row (valid in every rank of the group; 0 when not counted) and, when grad is set, its
-// gradient: grad_j = -q_j h_j + p_j sum_c q_c h_c (focal_math.h), which for one-hot q is h_t (p_j - [j == t]);
-// both times the row's weight w. An uncounted row gets a zero gradient. Every rank of the group must call
-// this (it reduces across them).
-template <int G, typename scalar_t, typename Group>
-__device__ __forceinline__ opmath_t<scalar_t> softmax_row(const scalar_t* __restrict__ x, scalar_t* __restrict__ grad,
-                                                          int64_t stride, int64_t C, int64_t tgt, bool counted,
-                                                          opmath_t<scalar_t> w, bool vectorized,
-                                                          const SoftmaxConsts<opmath_t<scalar_t>>& k,
-                                                          const Group& group) {
-  using op_t = opmath_t<scalar_t>;
-  op_t m = negative_infinity<op_t>();
-  op_t s(0);
-  if (counted) for_each_class(x, stride, C, vectorized, group, [&](int64_t, op_t v) { online_logsumexp_update(m, s, v); });
-  const op_t row_max = group.max(m);
-  const op_t scaled = m == negative_infinity<op_t>() ? op_t(0) : s * fm_exp(m - row_max);
-  const op_t log_sum = fm_log(group.sum(scaled));
-  const auto alpha_at = [&](int64_t j) { return k.alpha != nullptr ? k.alpha[j] : op_t(1); };
+template <typename T>
+struct RowTarget {
+  int64_t tgt;
+  bool counted;  // false: ignored row, or a lane past the last row
+  T weight;
+  T logit;  // x[tgt], read before the row (it is needed right after the reduction); 0 when not counted
+};
 
-  op_t row_loss(0);
-  if (!k.smoothing) {
-    op_t h(0);
-    if (counted) {
-      op_t weighted_logp;
-      softmax_focal_class_terms<G>(log_softmax_value(static_cast<op_t>(x[tgt * stride]), row_max, log_sum), alpha_at(tgt),
-                                   k.gamma, weighted_logp, h, k.poly);
-      row_loss = -w * weighted_logp;
-      h *= w;
+// Loss of one row (valid in every rank of the group; 0 when not counted) and, when the access has a gradient row,
+// its gradient: grad_j = -q_j h_j + p_j sum_c q_c h_c (focal_math.h), which for one-hot q is h_t (p_j - [j == t]);
+// both times the row's weight. An uncounted row gets a zero gradient. Every rank of the group must call this.
+// Rank r holds units c * width * kSlots + i * width + r of chunk c; a row longer than one chunk (kChunked) is
+// read again for each later pass, otherwise it stays in registers: exp(x - m) with m the thread's max (x - m with
+// label smoothing, whose class terms need log p of every class).
+template <int G, bool kSmooth, int kSlots, bool kChunked, typename Access, typename Group, typename T>
+__device__ __forceinline__ T softmax_row(const Access& row, const Group& group, const RowTarget<T>& t,
+                                         const SoftmaxConsts<T>& k) {
+  constexpr int U = Access::kUnit;
+  const int rank = group.rank();
+  const int64_t width = group.width();
+  const int64_t units = row.units();
+  const int64_t chunk_units = width * kSlots;
+  const int64_t chunks = kChunked ? div_up(units, chunk_units) : 1;
+  const bool resident = chunks == 1;
+  const auto unit = [&](int64_t c, int i) { return c * chunk_units + i * width + rank; };
+  // Slot i of chunk c holds part of the row in some rank of the group (the same answer in all of them).
+  const auto live = [&](int64_t c, int i) { return c * chunk_units + i * width < units; };
+  T v[kSlots][U];
+  const auto load_chunk = [&](int64_t c) {
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) row.load(unit(c, i), t.counted && live(c, i), v[i]);
+  };
+
+  // Pass 1: the thread's running max m and sum s of exp(x - m).
+  T m = negative_infinity<T>(), s(0);
+  for (int64_t c = 0; c < (t.counted ? chunks : 1); ++c) {  // an uncounted row reads nothing (all -inf)
+    load_chunk(c);
+    T chunk_max = m;
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) {
+#pragma unroll
+      for (int e = 0; e < U; ++e) chunk_max = v[i][e] > chunk_max ? v[i][e] : chunk_max;
     }
-    if (grad != nullptr) {
-      if (counted) {
-        map_classes(x, grad, stride, C, vectorized, group,
-                    [&](int64_t j, op_t v) { return h * (fm_exp(log_softmax_value(v, row_max, log_sum)) - (j == tgt ? op_t(1) : op_t(0))); });
-      } else {
-        zero_classes(grad, stride, C, group);
+    const T ref = chunk_max == negative_infinity<T>() ? T(0) : chunk_max;  // all -inf: exp gives 0, not NaN
+    s = sum_at_max(MaxSum<T>{m, s}, chunk_max);
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) {
+      if (!live(c, i)) continue;
+      T slot_sum(0);  // per slot, then across slots: short dependent chains
+#pragma unroll
+      for (int e = 0; e < U; ++e) {
+        const T ex = fm_exp(v[i][e] - ref);
+        slot_sum += ex;
+        v[i][e] = kSmooth ? v[i][e] - ref : ex;
       }
+      s += slot_sum;
+    }
+    m = chunk_max;
+  }
+  const MaxSum<T> total = group.reduce(MaxSum<T>{m, s}, MaxSumOp{});
+  const T row_max = t.counted ? total.max : T(0);
+  const T log_sum = fm_log(total.sum);
+  // The registers are relative to `ref`: the thread's max while resident, the row's after a reread.
+  const T ref = resident ? (m == negative_infinity<T>() ? T(0) : m) : row_max;
+  const auto reload = [&](int64_t c) {
+    if (resident) return;
+    load_chunk(c);
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) {
+#pragma unroll
+      for (int e = 0; e < U; ++e) v[i][e] = kSmooth ? v[i][e] - row_max : fm_exp(v[i][e] - row_max);
+    }
+  };
+
+  if constexpr (!kSmooth) {
+    T row_loss(0), hw(0), logp_t(0);
+    if (t.counted) {
+      T weighted_logp, h;
+      logp_t = log_softmax_value(t.logit, row_max, log_sum);
+      softmax_focal_class_terms<G>(logp_t, k.alpha != nullptr ? k.alpha[t.tgt] : T(1), k.gamma, weighted_logp, h,
+                                   k.poly);
+      row_loss = -t.weight * weighted_logp;
+      hw = h * t.weight;
+    }
+    if (row.has_grad()) {
+      // grad_j = hw p_j = hw exp(ref - max) / sum * register_j off the target; 0 for threads without classes.
+      const T to_prob = !t.counted || (resident && m == negative_infinity<T>())
+                            ? T(0)
+                            : (ref == row_max ? T(1) : fm_exp(ref - row_max)) / total.sum;
+      const T scale = hw * to_prob;
+      for (int64_t c = 0; c < chunks; ++c) {
+        reload(c);
+#pragma unroll
+        for (int i = 0; i < kSlots; ++i) {
+          if (!live(c, i)) continue;
+          T out[U];
+#pragma unroll
+          for (int e = 0; e < U; ++e) out[e] = scale * v[i][e];
+          row.store(unit(c, i), out);
+        }
+      }
+      // The target's h (p_t - 1) overwrites what this thread stored there (expm1: exact near p_t = 1).
+      if (t.counted && row.unit_of(t.tgt) % width == rank) row.store_class(t.tgt, hw * fm_expm1(logp_t));
     }
     return row_loss;
+  } else {
+    const T offset = ref - row_max - log_sum;  // log p = register + offset
+    const auto terms = [&](int64_t j, T logp, T& weighted_logp, T& h) {
+      softmax_focal_class_terms<G>(logp, k.alpha != nullptr ? k.alpha[j] : T(1), k.gamma, weighted_logp, h, k.poly);
+    };
+    SumPair<T> acc{T(0), T(0)};  // sum_c q_c weighted_logp_c, sum_c q_c h_c
+    if (t.counted) {
+      for (int64_t c = 0; c < chunks; ++c) {
+        reload(c);
+#pragma unroll
+        for (int i = 0; i < kSlots; ++i) {
+          if (!live(c, i)) continue;
+#pragma unroll
+          for (int e = 0; e < U; ++e) {
+            const int64_t j = row.class_of(unit(c, i), e);
+            if (j < 0 || j >= row.C) continue;
+            T weighted_logp, h;
+            terms(j, v[i][e] + offset, weighted_logp, h);
+            const T q = j == t.tgt ? k.q_on : k.q_off;
+            acc.a += q * weighted_logp;
+            acc.b += q * h;
+          }
+        }
+      }
+    }
+    const SumPair<T> sums = group.reduce(acc, SumPairOp{});
+    if (row.has_grad()) {
+      for (int64_t c = 0; c < chunks; ++c) {
+        reload(c);
+#pragma unroll
+        for (int i = 0; i < kSlots; ++i) {
+          if (!live(c, i)) continue;
+          T out[U];
+#pragma unroll
+          for (int e = 0; e < U; ++e) {
+            const int64_t j = row.class_of(unit(c, i), e);
+            out[e] = T(0);
+            if (t.counted && j >= 0 && j < row.C) {
+              T weighted_logp, h;
+              const T logp = v[i][e] + offset;
+              terms(j, logp, weighted_logp, h);
+              out[e] = t.weight * (fm_exp(logp) * sums.b - (j == t.tgt ? k.q_on : k.q_off) * h);
+            }
+          }
+          row.store(unit(c, i), out);
+        }
+      }
+    }
+    return t.counted ? -t.weight * sums.a : T(0);
   }
+}
 
-  op_t loss_acc(0), qh_acc(0);
-  if (counted) {
-    for_each_class(x, stride, C, vectorized, group, [&](int64_t j, op_t v) {
-      op_t weighted_logp, h;
-      softmax_focal_class_terms<G>(log_softmax_value(v, row_max, log_sum), alpha_at(j), k.gamma, weighted_logp, h, k.poly);
-      const op_t q = j == tgt ? k.q_on : k.q_off;
-      loss_acc += q * weighted_logp;
-      qh_acc += q * h;
-    });
-  }
-  const op_t loss_sum = group.sum(loss_acc);
-  const op_t qh_sum = group.sum(qh_acc);
-  if (counted) row_loss = -w * loss_sum;
-  if (grad != nullptr) {
+// Target, weight and counting of row `index` (of target, loss, row weights) around softmax_row.
+template <int G, bool kSmooth, int kSlots, bool kChunked, typename scalar_t, typename Access, typename Group>
+__device__ __forceinline__ void softmax_row_with_target(const Access& row, const Group& group, int64_t index,
+                                                        bool in_range, const int64_t* __restrict__ target,
+                                                        scalar_t* __restrict__ loss, int64_t ignore_index,
+                                                        const SoftmaxConsts<opmath_t<scalar_t>>& k,
+                                                        opmath_t<scalar_t>& acc, int64_t& count) {
+  using op_t = opmath_t<scalar_t>;
+  const int64_t tgt = in_range ? target[index] : ignore_index;
+  const bool counted = in_range && softmax_row_counted(tgt, row.C, ignore_index);
+  const RowTarget<op_t> t{tgt, counted, counted && k.row_weight != nullptr ? k.row_weight[index] : op_t(1),
+                          counted ? row.logit(tgt) : op_t(0)};
+  const op_t row_loss = softmax_row<G, kSmooth, kSlots, kChunked>(row, group, t, k);
+  if (in_range && group.rank() == 0) {
+    if (loss != nullptr) loss[index] = static_cast<scalar_t>(row_loss);
     if (counted) {
-      map_classes(x, grad, stride, C, vectorized, group, [&](int64_t j, op_t v) {
-        op_t weighted_logp, h;
-        const op_t logp = log_softmax_value(v, row_max, log_sum);
-        softmax_focal_class_terms<G>(logp, alpha_at(j), k.gamma, weighted_logp, h, k.poly);
-        return w * (fm_exp(logp) * qh_sum - (j == tgt ? k.q_on : k.q_off) * h);
-      });
-    } else {
-      zero_classes(grad, stride, C, group);
+      acc += row_loss;
+      ++count;
     }
   }
-  return row_loss;
 }
 
 // ---- kernels ------------------------------------------------------------------------------------------------
 
-// Rows of (rows, C); each warp takes 32 / lanes_per_row rows at a time.
-template <int G, typename scalar_t>
+// Rows of (rows, C); each warp takes 32 / lanes_per_row rows at a time, kSlots vectors per lane.
+template <int G, bool kSmooth, int kSlots, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     softmax_rows_warp_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                              scalar_t* __restrict__ loss, scalar_t* __restrict__ grad, int64_t rows, int64_t C,
-                             int64_t ignore_index, int lanes_per_row, bool vectorized,
+                             int64_t ignore_index, int lanes_per_row, bool grad_aligned,
                              SoftmaxConsts<opmath_t<scalar_t>> k, ReductionBuffers reduce) {
   using op_t = opmath_t<scalar_t>;
   constexpr int kWarpsPerBlock = kThreads / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  const WarpGroup group{lane % lanes_per_row, lanes_per_row};
+  const WarpLanes group{lane % lanes_per_row, lanes_per_row};
   const int64_t rows_per_warp = kWarpSize / lanes_per_row;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
   const int64_t rows_per_sweep = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock * rows_per_warp;
@@ -230,78 +489,128 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t first = warp * rows_per_warp; first < rows; first += rows_per_sweep) {
     const int64_t row = first + lane / lanes_per_row;
     const bool in_range = row < rows;
-    const int64_t tgt = in_range ? target[row] : ignore_index;
-    const bool counted = in_range && softmax_row_counted(tgt, C, ignore_index);
     const int64_t offset = in_range ? row * C : 0;
-    const op_t w = counted && k.row_weight != nullptr ? k.row_weight[row] : op_t(1);
-    const op_t row_loss = softmax_row<G>(x + offset, in_range && grad != nullptr ? grad + offset : nullptr, 1, C, tgt,
-                                         counted, w, vectorized, k, group);
-    if (in_range && group.rank() == 0) {
-      if (loss != nullptr) loss[row] = static_cast<scalar_t>(row_loss);
-      if (counted) {
-        acc += row_loss;
-        ++count;
-      }
-    }
+    const ContiguousRow<scalar_t> access(x + offset, in_range && grad != nullptr ? grad + offset : nullptr, C,
+                                         grad_aligned);
+    softmax_row_with_target<G, kSmooth, kSlots, false>(access, group, row, in_range, target, loss, ignore_index, k,
+                                                       acc, count);
   }
   finish_forward_block<kThreads, scalar_t>(static_cast<double>(acc), static_cast<double>(count), reduce);
 }
 
-// Rows of (rows, C) with large C: one block per row.
-template <int G, typename scalar_t>
+// Vectors per thread of the block kernel, as many as fit 128 registers without a stack frame: a row of 32768
+// half/bf16 (64 values a thread), 16384 float or 4096 double classes stays in registers.
+template <typename scalar_t>
+constexpr int block_row_slots() {
+  return sizeof(scalar_t) == 2 ? 8 : sizeof(scalar_t) == 4 ? 8 : 4;
+}
+
+// Rows of (rows, C) with large C: threads_per_row (64..512) threads of the block per row.
+template <int G, bool kSmooth, typename scalar_t>
 __global__ void __launch_bounds__(kRowBlockThreads)
     softmax_rows_block_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                               scalar_t* __restrict__ loss, scalar_t* __restrict__ grad, int64_t rows, int64_t C,
-                              int64_t ignore_index, bool vectorized, SoftmaxConsts<opmath_t<scalar_t>> k,
-                              ReductionBuffers reduce) {
+                              int64_t ignore_index, int threads_per_row, bool grad_aligned,
+                              SoftmaxConsts<opmath_t<scalar_t>> k, ReductionBuffers reduce) {
   using op_t = opmath_t<scalar_t>;
-  __shared__ op_t scratch[kRowBlockThreads / kWarpSize];
-  const BlockGroup<op_t, kRowBlockThreads> group{scratch};
+  const BlockThreads<kRowBlockThreads> group{threads_per_row};
+  const int64_t rows_per_block = kRowBlockThreads / threads_per_row;
   op_t acc(0);
   int64_t count = 0;
-  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const int64_t tgt = target[row];
-    const bool counted = softmax_row_counted(tgt, C, ignore_index);
-    const op_t w = counted && k.row_weight != nullptr ? k.row_weight[row] : op_t(1);
-    const op_t row_loss = softmax_row<G>(x + row * C, grad != nullptr ? grad + row * C : nullptr, 1, C, tgt, counted,
-                                         w, vectorized, k, group);
-    if (threadIdx.x == 0) {
-      if (loss != nullptr) loss[row] = static_cast<scalar_t>(row_loss);
-      if (counted) {
-        acc += row_loss;
-        ++count;
-      }
-    }
+  // The loop bound is the same for the whole block, so every thread reaches every barrier.
+  for (int64_t first = blockIdx.x * rows_per_block; first < rows; first += gridDim.x * rows_per_block) {
+    const int64_t row = first + threadIdx.x / threads_per_row;
+    const bool in_range = row < rows;
+    const int64_t offset = in_range ? row * C : 0;
+    const ContiguousRow<scalar_t> access(x + offset, in_range && grad != nullptr ? grad + offset : nullptr, C,
+                                         grad_aligned);
+    softmax_row_with_target<G, kSmooth, block_row_slots<scalar_t>(), true>(access, group, row, in_range, target,
+                                                                          loss, ignore_index, k, acc, count);
   }
   finish_forward_block<kRowBlockThreads, scalar_t>(static_cast<double>(acc), static_cast<double>(count), reduce);
 }
 
-// (N, C, S): thread per position (n, s); class c of it at n*C*S + c*S + s, target and loss at n*S + s.
-template <int G, typename scalar_t>
+constexpr int kSpatialSlots = 8;  // classes per thread and chunk
+constexpr int kSpatialMaxClassGroups = 32;
+
+// (N, C, S): a block takes positions_per_block consecutive positions (n, s) (flat n * S + s); the
+// kThreads / positions_per_block threads of a column share a position's classes. Class c of position (n, s) is
+// at n*C*S + c*S + s; target and loss at n*S + s. Neighbouring threads read neighbouring s.
+template <int G, bool kSmooth, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     softmax_spatial_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                            scalar_t* __restrict__ loss, scalar_t* __restrict__ grad, int64_t N, int64_t C, int64_t S,
-                           int64_t ignore_index, SoftmaxConsts<opmath_t<scalar_t>> k, ReductionBuffers reduce) {
+                           int64_t ignore_index, int positions_per_block, SoftmaxConsts<opmath_t<scalar_t>> k,
+                           ReductionBuffers reduce) {
   using op_t = opmath_t<scalar_t>;
+  const BlockColumn<kThreads> group{positions_per_block};
   const int64_t positions = N * S;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   op_t acc(0);
   int64_t count = 0;
-  for (int64_t pos = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; pos < positions; pos += stride) {
-    const int64_t n = pos / S;
-    const int64_t offset = n * C * S + (pos - n * S);
-    const int64_t tgt = target[pos];
-    const bool counted = softmax_row_counted(tgt, C, ignore_index);
-    const op_t w = counted && k.row_weight != nullptr ? k.row_weight[pos] : op_t(1);
-    const op_t row_loss = softmax_row<G>(x + offset, grad != nullptr ? grad + offset : nullptr, S, C, tgt, counted, w,
-                                         /*vectorized=*/false, k, ThreadGroup{});
-    if (loss != nullptr) loss[pos] = static_cast<scalar_t>(row_loss);
-    if (counted) {
-      acc += row_loss;
-      ++count;
-    }
+  for (int64_t first = static_cast<int64_t>(blockIdx.x) * positions_per_block; first < positions;
+       first += static_cast<int64_t>(gridDim.x) * positions_per_block) {
+    const int64_t pos = first + threadIdx.x % positions_per_block;
+    const bool in_range = pos < positions;
+    const int64_t n = in_range ? pos / S : 0;
+    const int64_t offset = in_range ? n * C * S + (pos - n * S) : 0;
+    const StridedRow<scalar_t> access{x + offset, in_range && grad != nullptr ? grad + offset : nullptr, S, C};
+    softmax_row_with_target<G, kSmooth, kSpatialSlots, true>(access, group, pos, in_range, target, loss,
+                                                             ignore_index, k, acc, count);
   }
   finish_forward_block<kThreads, scalar_t>(static_cast<double>(acc), static_cast<double>(count), reduce);
+}
+
+// ---- layouts (host) -------------------------------------------------------------------------------------------
+
+// Slots per lane the warp kernel is built for: at most 40 values a lane in registers.
+constexpr int kWarpSlotChoices[] = {1, 2, 3, 4, 5, 8};
+template <int V, bool kSmooth>
+constexpr bool warp_slots_built(int slots) {
+  return slots * V <= 40 && (!kSmooth || slots == 1 || slots == 2 || slots == 4 || slots == 8);
+}
+
+struct WarpLayout {
+  int lanes = 0;  // 0: a row does not fit one warp's registers
+  int slots = 0;
+};
+
+// The smallest lanes x slots that covers `units` vectors (ties: fewer lanes, so fewer shuffles per element).
+template <int V, bool kSmooth>
+WarpLayout choose_warp_layout(int64_t units) {
+  WarpLayout best;
+  for (const int slots : kWarpSlotChoices) {
+    if (!warp_slots_built<V, kSmooth>(slots)) continue;
+    int lanes = 1;
+    while (lanes * slots < units && lanes < kWarpSize) lanes *= 2;
+    if (lanes * slots < units) continue;
+    if (best.lanes == 0 || lanes * slots < best.lanes * best.slots ||
+        (lanes * slots == best.lanes * best.slots && lanes < best.lanes)) {
+      best = {lanes, slots};
+    }
+  }
+  return best;
+}
+
+template <int V, bool kSmooth, typename Body>
+void dispatch_warp_slots(int slots, const Body& body) {
+  const auto call = [&](auto slots_tag) {
+    if constexpr (warp_slots_built<V, kSmooth>(decltype(slots_tag)::value)) body(slots_tag);
+  };
+  switch (slots) {
+    case 1: call(std::integral_constant<int, 1>{}); break;
+    case 2: call(std::integral_constant<int, 2>{}); break;
+    case 3: call(std::integral_constant<int, 3>{}); break;
+    case 4: call(std::integral_constant<int, 4>{}); break;
+    case 5: call(std::integral_constant<int, 5>{}); break;
+    case 8: call(std::integral_constant<int, 8>{}); break;
+    default: TORCH_CHECK(false, "softmax_focal_fwd: no warp kernel with ", slots, " slots");
+  }
+}
+
+int64_t next_power_of_two(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p *= 2;
+  return p;
 }
 
 }  // namespace
@@ -319,33 +628,63 @@ void launch_softmax_forward(const SoftmaxParams& p, int device, cudaStream_t str
     const int64_t C = p.classes;
     const double s = p.label_smoothing;
     const SoftmaxConsts<op_t> k{static_cast<op_t>(p.gamma), static_cast<op_t>(1.0 - s + s / C),
-                                static_cast<op_t>(s / C), s > 0, static_cast<const op_t*>(p.alpha),
+                                static_cast<op_t>(s / C), static_cast<const op_t*>(p.alpha),
                                 static_cast<op_t>(p.poly_epsilon), static_cast<const op_t*>(p.row_weight)};
-    // Rows start 16-byte aligned when the base is and a row is a whole number of vectors.
-    const bool vectorized = C % V == 0 && is_vector_aligned(x) && is_vector_aligned(grad);
-    dispatch_gamma(p.gamma, [&](auto gamma_tag) {
+    // Vectors a row spans: C / V when every row starts aligned, else up to one more (misaligned head).
+    const bool rows_aligned = C % V == 0 && is_vector_aligned(x);
+    const int64_t units = rows_aligned ? C / V : ceil_div(C + V - 1, V);
+    // Gradient vectors line up with the input's when both bases have the same offset from 16 bytes.
+    const bool grad_aligned =
+        grad == nullptr || reinterpret_cast<uintptr_t>(x) % kVectorBytes == reinterpret_cast<uintptr_t>(grad) % kVectorBytes;
+    const auto launch = [&](auto gamma_tag, auto smooth_tag) {
       constexpr int G = decltype(gamma_tag)::value;
+      constexpr bool kSmooth = decltype(smooth_tag)::value;
       if (p.spatial > 1) {
-        const int grid = grid_for(rows, kThreads, device, &softmax_spatial_kernel<G, scalar_t>, kThreads);
-        FOCAL_LAUNCH(grid, kThreads, 0, stream, softmax_spatial_kernel<G, scalar_t>)(
-            x, p.target, loss, grad, p.batch, C, p.spatial, p.ignore_index, k, p.reduce);
-      } else if (C <= kWarpRowMaxClasses) {
-        // Smallest power-of-two lane group that gives each lane at most one access per sweep of the row.
-        const int64_t accesses = vectorized ? C / V : C;
-        int lanes = 1;
-        while (lanes < accesses && lanes < kWarpSize) lanes *= 2;
-        const int64_t warps = ceil_div(rows, kWarpSize / lanes);
-        const int grid =
-            grid_for(warps, kThreads / kWarpSize, device, &softmax_rows_warp_kernel<G, scalar_t>, kThreads);
-        FOCAL_LAUNCH(grid, kThreads, 0, stream, softmax_rows_warp_kernel<G, scalar_t>)(
-            x, p.target, loss, grad, rows, C, p.ignore_index, lanes, vectorized, k, p.reduce);
-      } else {
-        const int grid =
-            grid_for(rows, 1, device, &softmax_rows_block_kernel<G, scalar_t>, kRowBlockThreads);
-        FOCAL_LAUNCH(grid, kRowBlockThreads, 0, stream, softmax_rows_block_kernel<G, scalar_t>)(
-            x, p.target, loss, grad, rows, C, p.ignore_index, vectorized, k, p.reduce);
+        // Class groups per position: enough to hold C in registers, while a warp still reads 32 consecutive s
+        // (or all of a short S), at most kSpatialMaxClassGroups.
+        const int64_t min_positions = std::max<int64_t>(kThreads / kSpatialMaxClassGroups,
+                                                        std::min<int64_t>(kWarpSize, next_power_of_two(p.spatial)));
+        int64_t groups = 1;
+        while (groups * kSpatialSlots < C && kThreads / (2 * groups) >= min_positions) groups *= 2;
+        const int positions_per_block = static_cast<int>(kThreads / groups);
+        const auto kernel = &softmax_spatial_kernel<G, kSmooth, scalar_t>;
+        const int grid = grid_for(rows, positions_per_block, device, kernel, kThreads);
+        FOCAL_LAUNCH(grid, kThreads, 0, stream, softmax_spatial_kernel<G, kSmooth, scalar_t>)(
+            x, p.target, loss, grad, p.batch, C, p.spatial, p.ignore_index, positions_per_block, k, p.reduce);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
       }
+      const WarpLayout layout = choose_warp_layout<V, kSmooth>(units);
+      if (C <= 1024 && layout.lanes > 0) {
+        dispatch_warp_slots<V, kSmooth>(layout.slots, [&](auto slots_tag) {
+          constexpr int G = decltype(gamma_tag)::value;  // again: g++ wants constexpr locals captured
+          constexpr bool kSmooth = decltype(smooth_tag)::value;
+          constexpr int kSlots = decltype(slots_tag)::value;
+          const auto kernel = &softmax_rows_warp_kernel<G, kSmooth, kSlots, scalar_t>;
+          const int64_t warps = ceil_div(rows, kWarpSize / layout.lanes);
+          const int grid = grid_for(warps, kThreads / kWarpSize, device, kernel, kThreads);
+          FOCAL_LAUNCH(grid, kThreads, 0, stream, softmax_rows_warp_kernel<G, kSmooth, kSlots, scalar_t>)(
+              x, p.target, loss, grad, rows, C, p.ignore_index, layout.lanes, grad_aligned, k, p.reduce);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+        return;
+      }
+      // Threads per row: the fewest (>= 64) whose registers hold the row, at most the block (then in chunks).
+      constexpr int kSlots = block_row_slots<scalar_t>();
+      int threads_per_row = 64;
+      while (threads_per_row * kSlots < units && threads_per_row < kRowBlockThreads) threads_per_row *= 2;
+      const auto kernel = &softmax_rows_block_kernel<G, kSmooth, scalar_t>;
+      const int grid = grid_for(rows, kRowBlockThreads / threads_per_row, device, kernel, kRowBlockThreads);
+      FOCAL_LAUNCH(grid, kRowBlockThreads, 0, stream, softmax_rows_block_kernel<G, kSmooth, scalar_t>)(
+          x, p.target, loss, grad, rows, C, p.ignore_index, threads_per_row, grad_aligned, k, p.reduce);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    dispatch_gamma(p.gamma, [&](auto gamma_tag) {
+      if (s > 0) {
+        launch(gamma_tag, std::true_type{});
+      } else {
+        launch(gamma_tag, std::false_type{});
+      }
     });
   });
 }
