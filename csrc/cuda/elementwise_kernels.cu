@@ -188,8 +188,9 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
       int64_t col = 0;
       if constexpr (L == Layout::kGeneral) {
         col = next_row ? cur.col + k - in.C : cur.col + k;
-        if (in.weight_mode == WeightMode::kClass) w = in.weight[col];
-        if (in.weight_mode == WeightMode::kElement) w = in.weight[base + k];
+        // w is 0 for an ignored row, else 1 (no row weight in this mode): ignored rows stay ignored.
+        if (in.weight_mode == WeightMode::kClass) w *= in.weight[col];
+        if (in.weight_mode == WeightMode::kElement) w *= in.weight[base + k];
       }
       // Ignored rows (weight 0): x = 0 keeps their zero-weighted terms finite whatever the logits hold.
       const op_t x = w != op_t(0) ? static_cast<op_t>(xs[k]) : op_t(0);
@@ -224,6 +225,7 @@ __global__ void __launch_bounds__(kThreads)
   op_t acc(0);
   int64_t count = 0;
   const bool store_loss = loss != nullptr, store_grad = grad != nullptr;
+  const bool has_dense_target = L == Layout::kDense || (L == Layout::kGeneral && in.dense_target != nullptr);
 
   int64_t tail_begin = 0;
   if (in.vectorized) {
@@ -236,7 +238,7 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t v = v0 + j * stride;
         if (v < n_vec) {
           xv[j] = load_vector(in.x + v * V);
-          if (L != Layout::kIndex) tv[j] = load_vector(in.dense_target + v * V);
+          if (has_dense_target) tv[j] = load_vector(in.dense_target + v * V);
         }
       }
 #pragma unroll
@@ -256,7 +258,7 @@ __global__ void __launch_bounds__(kThreads)
   if (tail_begin + tid < in.n) {
     RowCursor cur(L == Layout::kDense ? 0 : tail_begin + tid, stride, in.C);
     for (int64_t i = tail_begin + tid; i < in.n; i += stride) {
-      scalar_t tv = L == Layout::kIndex ? scalar_t(0) : in.dense_target[i];
+      const scalar_t tv = has_dense_target ? in.dense_target[i] : scalar_t(0);
       scalar_t lv, gv;
       count += elements_forward<L, 1>(in, point, i, cur, in.x + i, &tv, &lv, &gv, acc);
       if (store_loss) loss[i] = lv;

@@ -349,7 +349,9 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
   }
   const MaxSum<T> total = group.reduce(MaxSum<T>{m, s}, MaxSumOp{});
   const T row_max = t.counted ? total.max : T(0);
-  const T log_sum = fm_log(total.sum);
+  // >= 0: the max class adds exp(0) = 1 to the sum. Clamped, since the device exp / log may be 2**-22 off, so
+  // that log p <= 0 (p <= 1, u = 1 - p >= 0) for every class.
+  const T log_sum = fm_max(fm_log(total.sum), T(0));
   // The registers are relative to `ref`: the thread's max while resident, the row's after a reread.
   const T ref = resident ? (m == negative_infinity<T>() ? T(0) : m) : row_max;
   const auto reload = [&](int64_t c) {
