@@ -7,6 +7,7 @@ Autocast: the ops register no autocast rule, so under torch.autocast they run on
 """
 import importlib.util
 import os
+import weakref
 
 import torch
 
@@ -93,11 +94,13 @@ def _applies_nothing(grad_loss, grad_scale):
 _get_keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
 
 
-def _may_overwrite_saved_grad(grad, grad_loss):
+def _may_overwrite_saved_grad(grad, grad_loss, forward_grad_output):
     """True when this backward is the saved gradient's last reader, so it may take the result in place: the graph
     is freed after this backward (no retain_graph / create_graph), nothing traces it (AOTAutograd may trace a
-    backward once and replay it with retain_graph), and the buffer can hold the result (contiguous, its dtype)."""
-    return (_get_keep_graph is not None and not _get_keep_graph()
+    backward once and replay it with retain_graph), the forward op's caller no longer holds the gradient output
+    (the public functions drop it; a direct caller of the op may keep it: a weak reference tells), and the buffer
+    can hold the result (contiguous, its dtype)."""
+    return (_get_keep_graph is not None and not _get_keep_graph() and forward_grad_output() is None
             and not torch.compiler.is_compiling()
             and _is_plain_tensor(grad) and _is_plain_tensor(grad_loss)
             and grad.is_contiguous() and grad.dtype == grad_loss.dtype and grad.device == grad_loss.device)
@@ -109,7 +112,10 @@ def _register_autograd(namespace, fwd_name, bwd_op, apply_in_place_op, class_dim
         _, grad, grad_scale = output
         ctx.reduction = inputs[reduction_index]
         ctx.has_grad = inputs[compute_grad_index]
-        ctx.save_for_backward(grad, grad_scale)
+        # an alias: while the op's caller holds the output itself (the public functions never do), the weak
+        # reference stays alive and backward leaves the buffer alone
+        ctx.save_for_backward(grad.detach(), grad_scale)
+        ctx.forward_grad_output = weakref.ref(grad)
         ctx.mark_non_differentiable(grad, grad_scale)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the non-differentiable outputs
 
@@ -121,9 +127,9 @@ def _register_autograd(namespace, fwd_name, bwd_op, apply_in_place_op, class_dim
         if grad_loss is None:
             return (None,) * num_inputs
         no_grads = (None,) * (num_inputs - 1)
-        if _may_overwrite_saved_grad(grad, grad_loss):
-            # The public functions never hand the forward's gradient output to users: autograd holds the only
-            # reference, and drops it after this backward, so the result may live in it (and be handed out).
+        if _may_overwrite_saved_grad(grad, grad_loss, ctx.forward_grad_output):
+            # Nobody else holds the saved gradient (the public functions never hand it to users), and autograd
+            # drops it after this backward: the result may live in it (and be handed out).
             if not (cpu_shortcut and _applies_nothing(grad_loss, grad_scale)):
                 apply_in_place_op(grad, grad_loss, grad_scale, ctx.reduction, class_dim_reduced)
             return (grad,) + no_grads

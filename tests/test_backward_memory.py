@@ -212,6 +212,16 @@ def test_backward_leaves_the_saved_gradient_alone_while_the_graph_is_kept(case, 
     assert torch.equal(saved[0], saved_values), "backward changed the saved gradient of a kept graph"
 
 
+def test_backward_leaves_alone_a_gradient_output_the_forward_op_caller_holds(backend):
+    # the public functions drop it; a direct caller of the op may keep it, and it stays as the forward wrote it
+    leaf = torch.randn(13, 7, requires_grad=True)
+    forward_op = ops_for(leaf).sigmoid_focal_fwd
+    loss, grad, _ = forward_op(leaf, torch.rand(13, 7), 0.25, 2.0, REDUCTIONS["mean"], -100, 0.0, None, True)
+    grad_values = grad.clone()
+    torch.autograd.grad(loss, leaf, torch.tensor(3.0))
+    assert torch.equal(grad, grad_values), "backward overwrote the gradient output its caller holds"
+
+
 # ---- the op --------------------------------------------------------------------------------------------------------
 
 def forward_outputs(case):
