@@ -19,28 +19,28 @@ from conftest import assert_close, reductions, to_ground_truth
 LOSSES = ["sigmoid", "softmax", "softmax_spatial", "binary", "varifocal"]
 
 
-def make_case(name):
-    """(function, reference function, input, target) of a small float32 case of loss `name`."""
+def make_case(name, rows):
+    """(function, reference function, input, target) of a float32 case of loss `name` with `rows` rows."""
     if name == "sigmoid":
-        return focal_cuda.sigmoid_focal_loss, reference.sigmoid_focal_loss, torch.randn(13, 7), torch.rand(13, 7)
+        return focal_cuda.sigmoid_focal_loss, reference.sigmoid_focal_loss, torch.randn(rows, 7), torch.rand(rows, 7)
     if name == "softmax":
-        x, t = torch.randn(13, 7), torch.randint(0, 7, (13,))
+        x, t = torch.randn(rows, 7), torch.randint(0, 7, (rows,))
         return focal_cuda.softmax_focal_loss, reference.softmax_focal_loss, x, t
     if name == "softmax_spatial":  # grad_output (N, S) is broadcast over the class dim of grad (N, C, S)
-        x, t = torch.randn(3, 5, 4), torch.randint(0, 5, (3, 4))
+        x, t = torch.randn(rows, 5, 4), torch.randint(0, 5, (rows, 4))
         return focal_cuda.softmax_focal_loss, reference.softmax_focal_loss, x, t
     if name == "binary":
-        prob = 0.05 + 0.9 * torch.rand(13, 7)
-        return focal_cuda.binary_focal_loss, reference.binary_focal_loss, prob, torch.rand(13, 7)
+        prob = 0.05 + 0.9 * torch.rand(rows, 7)
+        return focal_cuda.binary_focal_loss, reference.binary_focal_loss, prob, torch.rand(rows, 7)
     assert name == "varifocal"
-    return focal_cuda.varifocal_loss, reference.varifocal_loss, torch.randn(13, 7), torch.rand(13, 7)
+    return focal_cuda.varifocal_loss, reference.varifocal_loss, torch.randn(rows, 7), torch.rand(rows, 7)
 
 
 class Case:
     """One loss with its inputs: builds fresh graphs, and knows the gradients they must give."""
 
-    def __init__(self, name, reduction):
-        self.function, self.reference_function, self.input, self.target = make_case(name)
+    def __init__(self, name, reduction, rows=13):
+        self.function, self.reference_function, self.input, self.target = make_case(name, rows)
         self.reduction = reduction
 
     def leaf(self):
@@ -220,6 +220,33 @@ def test_backward_leaves_alone_a_gradient_output_the_forward_op_caller_holds(bac
     grad_values = grad.clone()
     torch.autograd.grad(loss, leaf, torch.tensor(3.0))
     assert torch.equal(grad, grad_values), "backward overwrote the gradient output its caller holds"
+
+
+def peak_allocated_bytes(step):
+    """The most CPU memory allocated at once while step() runs, above what was allocated before (the PyTorch
+    profiler's allocation and free events, replayed in time order)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    events = sorted((e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("loss_name", ["sigmoid", "softmax"])
+def test_forward_and_backward_hold_one_gradient_sized_buffer(backend, loss_name, reduction):
+    case = Case(loss_name, reduction, rows=8192)
+    leaf, grad_output = case.leaf(), case.grad_output() * 3  # not 1: the backward has a product to form
+    gradient_bytes = leaf.numel() * leaf.element_size()
+    loss_bytes = case.loss(case.input).numel() * leaf.element_size()  # 'none' sigmoid: gradient-sized too
+    peak = peak_allocated_bytes(lambda: torch.autograd.grad(case.loss(leaf), leaf, grad_output))
+    # grad_scale and the CUDA kernels' reduction workspace (a few KiB) are small next to the gradient
+    assert gradient_bytes <= peak <= loss_bytes + 1.25 * gradient_bytes, (
+        f"peak {peak} B for a {gradient_bytes} B gradient and a {loss_bytes} B loss")
 
 
 # ---- the op --------------------------------------------------------------------------------------------------------
