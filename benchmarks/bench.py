@@ -25,7 +25,9 @@ providers of a case are timed interleaved (round robin), so each sees the same m
 Peak memory = the most memory allocated while running the mode once (for backward, the forward
 that builds the graph plus the backward) above what was allocated before (inputs and targets).
 On a GPU it comes from torch.cuda.max_memory_allocated; on CPU from the allocation/free events of
-the PyTorch profiler (profile_memory=True), replayed in time order.
+the PyTorch profiler (profile_memory=True), replayed in time order. --loss-scale S differentiates loss * S
+(as under torch.amp.GradScaler): on CPU the backward of a plain reduced loss (grad_output 1) returns the
+forward's gradient as it is, so S != 1 is what measures the backward's multiply there.
 
 Quick start:  python benchmarks/bench.py --quick
 """
@@ -280,8 +282,13 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def mode_steps(mode, fn, x, target, provider=None):
-    """(prepare, timed): prepare() runs untimed and returns state, timed(state) is the measured work."""
+def mode_steps(mode, fn, x, target, provider=None, loss_scale=1.0):
+    """(prepare, timed): prepare() runs untimed and returns state, timed(state) is the measured work.
+    loss_scale: the backward differentiates loss * loss_scale (torch.amp.GradScaler's), i.e. gets that grad_output."""
+    def gradient(loss):
+        grad_output = None if loss_scale == 1.0 else torch.full_like(loss, loss_scale)
+        return torch.autograd.grad(loss, x, grad_output)
+
     if provider == "roofline":  # the floor is the same single pass in every mode
         return (lambda: None), (lambda _: fn(x, target))
     if mode == "forward":
@@ -292,13 +299,12 @@ def mode_steps(mode, fn, x, target, provider=None):
         return (lambda: None), timed
     if mode == "full":
         def timed(_):
-            loss = fn(x, target)
-            return torch.autograd.grad(loss, x)
+            return gradient(fn(x, target))
 
         return (lambda: None), timed
     if mode == "backward":
         def timed(loss):
-            return torch.autograd.grad(loss, x)
+            return gradient(loss)
 
         return (lambda: fn(x, target)), timed
     raise ValueError(f"mode: expected one of {MODES}, given {mode!r}")
@@ -556,13 +562,14 @@ def run(args):
                         row = dict(device=device.type, device_name=device_label(device), torch=torch.__version__,
                                    threads=threads, date=date, preset=preset_name, op=preset["op"], shape=shape,
                                    elements=x.numel(), dtype=dtype_name, mode=mode, reduction=args.reduction,
+                                   loss_scale=args.loss_scale,
                                    provider=provider, minimal_bytes=minimal_bytes, check=checks.get(provider, ""),
                                    note=notes.get(provider, ""))
                         rows_by_provider[provider] = row
                         if provider not in checks:
                             row["note"] = row["note"] or "skipped"
                             continue
-                        prepare, timed = mode_steps(mode, functions[provider], x, target, provider)
+                        prepare, timed = mode_steps(mode, functions[provider], x, target, provider, args.loss_scale)
                         try:
                             # warm-up compiles the no-grad graph for forward mode; peak memory: one profiled call
                             warm_up(prepare, timed, device, warmup, target_seconds)
@@ -652,7 +659,7 @@ def summarise_headline(rows):
 
 
 CSV_FIELDS = ["device", "device_name", "torch", "threads", "date", "preset", "op", "shape", "elements", "dtype",
-              "mode", "reduction", "provider", "median_ms", "p20_ms", "p80_ms", "reps", "minimal_bytes", "gbps",
+              "mode", "reduction", "loss_scale", "provider", "median_ms", "p20_ms", "p80_ms", "reps", "minimal_bytes", "gbps",
               "peak_mb", "x_roofline", "x_cross_entropy", "x_compiled", "x_naive", "check", "note"]
 
 
@@ -733,6 +740,9 @@ def parse_args(argv=None):
                         help="comma list of sizes replacing each preset's own: rows N for (N, C) presets, "
                              "H = W for seg")
     parser.add_argument("--reduction", default="mean", choices=["mean", "sum"])
+    parser.add_argument("--loss-scale", type=float, default=1.0,
+                        help="backward and full modes differentiate loss * LOSS_SCALE, as under torch.amp.GradScaler "
+                             "(default 1: loss.backward() of the plain loss)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
     parser.add_argument("--csv", default=None, help="CSV path (default: benchmarks/results/<device>.csv)")
     parser.add_argument("--plot", default=None, help="PNG path (default: benchmarks/results/<device>.png)")

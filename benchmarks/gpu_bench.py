@@ -7,7 +7,9 @@ own cross-entropy / BCE-with-logits (less work than focal: a floor for a library
 torch.compile of the best plain formulation (one compile per preset, capped by the caller's time limit).
 "% HBM" = the fused kernels' compulsory traffic (forward: read logits and targets, write the gradient;
 backward: read it, write the input gradient) over the time, against a device-to-device copy measured in
-the same run. --device cpu with --scale 0.01 is a dry run of this script on a machine without a GPU.
+the same run. "peak MB" = the most GPU memory allocated during one forward + backward above what was allocated
+before it (inputs and targets; the input gradient it creates included): torch.cuda.max_memory_allocated.
+--device cpu with --scale 0.01 is a dry run of this script on a machine without a GPU (no peak memory there).
 """
 import argparse
 import csv
@@ -93,6 +95,19 @@ def timed(fn, device, reps, warmup=3):
     return statistics.median(times), times[len(times) // 5], times[(4 * len(times)) // 5]
 
 
+def peak_mb(step, x, device):
+    """MiB allocated at most while `step` runs once, above what was allocated before it (nan off the GPU)."""
+    if device != "cuda":
+        return float("nan")
+    x.grad = None  # the step's own input gradient counts, not the previous step's
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - baseline) / 2**20
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -112,7 +127,7 @@ def main():
     print(f"# {name}: device copy {bandwidth / 1e12:.2f} TB/s (the bandwidth reference)")
 
     rows = []
-    header = f"{'preset':<16}{'dtype':<10}{'provider':<14}{'ms':>9}{'p20':>9}{'p80':>9}{'%HBM':>7}{'vs focal':>9}"
+    header = f"{'preset':<16}{'dtype':<10}{'provider':<14}{'ms':>9}{'p20':>9}{'p80':>9}{'%HBM':>7}{'vs focal':>9}{'peak MB':>9}"
     print(header)
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -130,6 +145,7 @@ def main():
                     loss_fn(x, t).backward()
                 try:
                     ms, p20, p80 = timed(step, device, args.reps)
+                    peak = peak_mb(step, x, device)
                 except torch.OutOfMemoryError:
                     print(f"{preset:<16}{dtype_name:<10}{provider:<14} out of memory")
                     continue
@@ -137,11 +153,11 @@ def main():
                 hbm = 100 * traffic / (ms * 1e-3) / bandwidth
                 ratio = ms / focal_ms if focal_ms else float("nan")
                 print(f"{preset:<16}{dtype_name:<10}{provider:<14}{ms:9.3f}{p20:9.3f}{p80:9.3f}"
-                      f"{hbm if provider == 'focal_cuda' else float('nan'):7.1f}{ratio:9.2f}")
+                      f"{hbm if provider == 'focal_cuda' else float('nan'):7.1f}{ratio:9.2f}{peak:9.1f}")
                 rows.append(dict(device=name, preset=preset, shape="x".join(map(str, shape)), dtype=dtype_name,
                                  provider=provider, ms=f"{ms:.4f}", p20=f"{p20:.4f}", p80=f"{p80:.4f}",
                                  pct_hbm=f"{hbm:.1f}" if provider == "focal_cuda" else "",
-                                 copy_tb_s=f"{bandwidth / 1e12:.3f}"))
+                                 copy_tb_s=f"{bandwidth / 1e12:.3f}", peak_mb=f"{peak:.1f}"))
             del x, t
             if device == "cuda":
                 torch.cuda.empty_cache()

@@ -286,15 +286,40 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& grad, 
                     at::IntArrayRef(loss_shape), ", got ", grad_output.sizes());
 }
 
+void check_backward_in_place_args(const at::Tensor& grad, const at::Tensor& grad_output, const at::Tensor& grad_scale,
+                                  int64_t reduction, bool class_dim_reduced) {
+  check_backward_args(grad_output, grad, grad_scale, reduction, class_dim_reduced);
+  TORCH_CHECK_VALUE(grad.is_contiguous(), "grad: expected a contiguous tensor (it is overwritten in place), got ",
+                    "strides ", grad.strides(), " for shape ", grad.sizes());
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == grad.scalar_type(), "grad_output: expected dtype ",
+                   grad.scalar_type(), " (the grad's, which holds the result), got ", grad_output.scalar_type());
+}
+
+namespace {
+
+// What the backward multiplies grad by: grad_output (its class dim broadcast for the softmax 'none' loss, whose
+// grad_output has the target's shape), or grad_output * grad_scale for 'mean'/'sum'.
+at::Tensor grad_output_factor(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+                              int64_t reduction, bool class_dim_reduced) {
+  if (reduction == kNone) {
+    const bool batched = grad.dim() >= 2;
+    return class_dim_reduced && batched ? grad_output.unsqueeze(1) : grad_output;
+  }
+  return grad_output.to(grad_scale.scalar_type()) * grad_scale;
+}
+
+}  // namespace
+
 at::Tensor apply_grad_output(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
                              int64_t reduction, bool class_dim_reduced) {
   check_backward_args(grad_output, grad, grad_scale, reduction, class_dim_reduced);
-  if (reduction == kNone) {
-    // Softmax 'none': grad_output has the target's shape; its class dim (1, if batched) is broadcast.
-    const bool batched = grad.dim() >= 2;
-    return grad * (class_dim_reduced && batched ? grad_output.unsqueeze(1) : grad_output);
-  }
-  return grad * (grad_output.to(grad_scale.scalar_type()) * grad_scale);
+  return grad * grad_output_factor(grad_output, grad, grad_scale, reduction, class_dim_reduced);
+}
+
+void apply_grad_output_(const at::Tensor& grad, const at::Tensor& grad_output, const at::Tensor& grad_scale,
+                        int64_t reduction, bool class_dim_reduced) {
+  check_backward_in_place_args(grad, grad_output, grad_scale, reduction, class_dim_reduced);
+  grad.mul_(grad_output_factor(grad_output, grad, grad_scale, reduction, class_dim_reduced));
 }
 
 at::Tensor elementwise_focal_bwd(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
@@ -346,4 +371,10 @@ FOCAL_TORCH_LIBRARY(FOCAL_OPS_NAMESPACE, m) {
   m.def("sigmoid_focal_bwd(Tensor grad_output, Tensor grad, Tensor grad_scale, int reduction) -> Tensor", tags);
   m.def("softmax_focal_bwd(Tensor grad_output, Tensor grad, Tensor grad_scale, int reduction) -> Tensor", tags);
   m.def("binary_focal_bwd(Tensor grad_output, Tensor grad, Tensor grad_scale, int reduction) -> Tensor", tags);
+  // The backward ops' result written over grad (the forward's saved gradient, when autograd reads it no more):
+  // saves a gradient-sized buffer. class_dim_reduced: the softmax loss (grad_output has the target's shape).
+  m.def(
+      "apply_grad_output_(Tensor(a!) grad, Tensor grad_output, Tensor grad_scale, int reduction, "
+      "bool class_dim_reduced) -> ()",
+      tags);
 }

@@ -33,6 +33,9 @@ void check_binary_args(const at::Tensor& prob, const at::Tensor& target, int64_t
 // for the softmax loss, class_dim_reduced).
 void check_backward_args(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
                          int64_t reduction, bool class_dim_reduced);
+// The in-place backward's: check_backward_args, and grad contiguous with grad_output's dtype (it holds the result).
+void check_backward_in_place_args(const at::Tensor& grad, const at::Tensor& grad_output, const at::Tensor& grad_scale,
+                                  int64_t reduction, bool class_dim_reduced);
 
 // The optional inputs of the elementwise losses (design.md §5). check_elementwise_extras checks them against
 // input/target and returns the weight's mode: a weight has the input's shape (per element),
@@ -106,6 +109,9 @@ LossGradScale finish_forward(const at::Tensor& input, const at::Tensor& loss_non
 // softmax 'none' loss), or grad * (grad_output * grad_scale) for 'mean'/'sum'. One pass, no host read.
 at::Tensor apply_grad_output(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
                              int64_t reduction, bool class_dim_reduced);
+// apply_grad_output's result written over grad (the apply_grad_output_ op).
+void apply_grad_output_(const at::Tensor& grad, const at::Tensor& grad_output, const at::Tensor& grad_scale,
+                        int64_t reduction, bool class_dim_reduced);
 at::Tensor elementwise_focal_bwd(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
                                  int64_t reduction);
 at::Tensor softmax_focal_bwd(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,

@@ -1,11 +1,13 @@
 """Loads the compiled operator library and teaches PyTorch about its ops: fake (meta) kernels for
-torch.compile / FakeTensor, and autograd for the forward ops (backward = the matching *_bwd op).
+torch.compile / FakeTensor, and autograd for the forward ops (backward = the matching *_bwd op, or
+apply_grad_output_ over the saved gradient when autograd reads it no more: one gradient buffer, not two).
 
 Autocast: the ops register no autocast rule, so under torch.autocast they run on the tensors as given
 (bf16/fp16 logits are read natively, math in float32, loss in the logits' dtype; no upcast copy).
 """
 import importlib.util
 import os
+import weakref
 
 import torch
 
@@ -49,6 +51,10 @@ def _bwd_fake(grad_output, grad, grad_scale, reduction):
     return torch.empty_like(grad)
 
 
+def _apply_grad_output_fake(grad, grad_output, grad_scale, reduction, class_dim_reduced):
+    return None
+
+
 # Forward op -> (its backward op, the index of its reduction and compute_grad arguments, whether the
 # 'none' loss has the target's shape rather than the input's). The focal family's ops are elementwise.
 FORWARD_OPS = {
@@ -69,21 +75,47 @@ def _fwd_fake(reduction_index, compute_grad_index, loss_has_target_shape):
     return fake
 
 
+def _is_plain_tensor(t):
+    """Not a tensor subclass (fake, functional) nor wrapped by a transform (torch.func, or the legacy vmap of
+    autograd.grad(is_grads_batched=True)), which have no rule for an in-place op."""
+    return (type(t) is torch.Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+            and not torch._C._functorch.is_legacy_batchedtensor(t))
+
+
 def _applies_nothing(grad_loss, grad_scale):
     """True when backward would multiply the saved gradient by exactly 1 (loss.backward() of a reduced
     loss on CPU, whose forward folded the mean into the gradient): it is then returned as it is, saving a
     full pass over it. Only plain CPU tensors are read; traced or device tensors always take the op."""
-    return (type(grad_loss) is torch.Tensor and type(grad_scale) is torch.Tensor
+    return (_is_plain_tensor(grad_loss) and _is_plain_tensor(grad_scale)
             and grad_loss.device.type == "cpu" and grad_scale.device.type == "cpu" and grad_loss.dim() == 0
             and not torch.compiler.is_compiling() and bool(grad_loss == 1) and bool(grad_scale == 1))
 
 
-def _register_autograd(namespace, fwd_name, bwd_op, reduction_index, compute_grad_index, num_inputs, cpu_shortcut):
+_get_keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+
+
+def _may_overwrite_saved_grad(grad, grad_loss, forward_grad_output):
+    """True when this backward is the saved gradient's last reader, so it may take the result in place: the graph
+    is freed after this backward (no retain_graph / create_graph), nothing traces it (AOTAutograd may trace a
+    backward once and replay it with retain_graph), the forward op's caller no longer holds the gradient output
+    (the public functions drop it; a direct caller of the op may keep it: a weak reference tells), and the buffer
+    can hold the result (contiguous, its dtype)."""
+    return (_get_keep_graph is not None and not _get_keep_graph() and forward_grad_output() is None
+            and not torch.compiler.is_compiling()
+            and _is_plain_tensor(grad) and _is_plain_tensor(grad_loss)
+            and grad.is_contiguous() and grad.dtype == grad_loss.dtype and grad.device == grad_loss.device)
+
+
+def _register_autograd(namespace, fwd_name, bwd_op, apply_in_place_op, class_dim_reduced, reduction_index,
+                       compute_grad_index, num_inputs, cpu_shortcut):
     def setup_context(ctx, inputs, output):
         _, grad, grad_scale = output
         ctx.reduction = inputs[reduction_index]
         ctx.has_grad = inputs[compute_grad_index]
-        ctx.save_for_backward(grad, grad_scale)
+        # an alias: while the op's caller holds the output itself (the public functions never do), the weak
+        # reference stays alive and backward leaves the buffer alone
+        ctx.save_for_backward(grad.detach(), grad_scale)
+        ctx.forward_grad_output = weakref.ref(grad)
         ctx.mark_non_differentiable(grad, grad_scale)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the non-differentiable outputs
 
@@ -94,9 +126,14 @@ def _register_autograd(namespace, fwd_name, bwd_op, reduction_index, compute_gra
         grad, grad_scale = ctx.saved_tensors
         if grad_loss is None:
             return (None,) * num_inputs
-        if cpu_shortcut and _applies_nothing(grad_loss, grad_scale):
-            return (grad,) + (None,) * (num_inputs - 1)
-        return (bwd_op(grad_loss, grad, grad_scale, ctx.reduction),) + (None,) * (num_inputs - 1)
+        no_grads = (None,) * (num_inputs - 1)
+        if _may_overwrite_saved_grad(grad, grad_loss, ctx.forward_grad_output):
+            # Nobody else holds the saved gradient (the public functions never hand it to users), and autograd
+            # drops it after this backward: the result may live in it (and be handed out).
+            if not (cpu_shortcut and _applies_nothing(grad_loss, grad_scale)):
+                apply_in_place_op(grad, grad_loss, grad_scale, ctx.reduction, class_dim_reduced)
+            return (grad,) + no_grads
+        return (bwd_op(grad_loss, grad, grad_scale, ctx.reduction),) + no_grads
 
     torch.library.register_autograd(f"{namespace}::{fwd_name}", backward, setup_context=setup_context)
 
@@ -106,12 +143,14 @@ def _register_library(namespace, cpu_shortcut):
     library_ops = getattr(torch.ops, namespace)
     for name in ("sigmoid_focal_bwd", "softmax_focal_bwd", "binary_focal_bwd"):
         torch.library.register_fake(f"{namespace}::{name}")(_bwd_fake)
+    torch.library.register_fake(f"{namespace}::apply_grad_output_")(_apply_grad_output_fake)
     for name, (bwd_name, reduction_index, compute_grad_index, target_shaped) in FORWARD_OPS.items():
         torch.library.register_fake(f"{namespace}::{name}")(
             _fwd_fake(reduction_index, compute_grad_index, target_shaped))
         num_inputs = len(getattr(library_ops, name).default._schema.arguments)
-        _register_autograd(namespace, name, getattr(library_ops, bwd_name), reduction_index, compute_grad_index,
-                           num_inputs, cpu_shortcut)
+        # the 'none' loss of target shape (softmax) is the one whose grad_output lacks the class dim
+        _register_autograd(namespace, name, getattr(library_ops, bwd_name), library_ops.apply_grad_output_,
+                           target_shaped, reduction_index, compute_grad_index, num_inputs, cpu_shortcut)
     return library_ops
 
 

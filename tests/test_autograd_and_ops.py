@@ -177,6 +177,7 @@ def test_every_op_is_covered_by_opcheck():
     """A new op registered under focal_cuda must get an opcheck test here."""
     covered = {f"{loss}_focal_{kind}" for loss in ("sigmoid", "softmax", "binary") for kind in ("fwd", "bwd")}
     covered |= {"varifocal_fwd", "quality_focal_fwd", "asymmetric_fwd"}  # tests/test_focal_family.py::test_opcheck
+    covered |= {"apply_grad_output_"}  # tests/test_backward_memory.py::test_in_place_op_passes_opcheck
     registered = {
         name.split("::")[1].split(".")[0]
         for name in torch._C._dispatch_get_all_op_names()

@@ -162,4 +162,5 @@ TORCH_LIBRARY_IMPL(focal_cuda, CPU, m) {
   m.impl("sigmoid_focal_bwd", &focal::elementwise_focal_bwd);
   m.impl("softmax_focal_bwd", &focal::softmax_focal_bwd);
   m.impl("binary_focal_bwd", &focal::elementwise_focal_bwd);
+  m.impl("apply_grad_output_", &focal::apply_grad_output_);
 }

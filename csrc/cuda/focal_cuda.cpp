@@ -177,29 +177,41 @@ LossGradScale softmax_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& 
   return {out.loss, out.grad, out.grad_scale};
 }
 
-// One launch: grad * grad_output (* grad_scale for 'mean'/'sum'), in opmath.
-at::Tensor focal_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
-                          int64_t reduction, bool class_dim_reduced) {
-  check_backward_args(grad_output, grad, grad_scale, reduction, class_dim_reduced);
+// One launch writing grad * grad_output (* grad_scale for 'mean'/'sum', in opmath) to `out`, which may be `grad`
+// itself (each element is read, then written, by one thread). grad and out are contiguous.
+void launch_backward(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+                     int64_t reduction, bool class_dim_reduced, const at::Tensor& out) {
   const DeviceGuard device_guard(grad.device());
-  const at::Tensor g = grad.contiguous();
-  const at::Tensor go = grad_output.to(g.scalar_type()).contiguous();
-  at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
+  const at::Tensor go = grad_output.to(grad.scalar_type()).contiguous();
   cuda::BackwardParams p;
-  p.dtype = g.scalar_type();
-  p.grad = g.data_ptr();
+  p.dtype = grad.scalar_type();
+  p.grad = grad.data_ptr();
   p.grad_output = go.data_ptr();
   p.grad_scale = grad_scale.data_ptr();
   p.out = out.data_ptr();
-  p.numel = g.numel();
+  p.numel = grad.numel();
   p.reduced = reduction != kNone;
   if (!p.reduced && class_dim_reduced) {
-    const bool unbatched = g.dim() == 1;
-    p.classes = unbatched ? g.size(0) : g.size(1);
-    p.spatial = unbatched ? 1 : (g.size(0) * p.classes == 0 ? 1 : g.numel() / (g.size(0) * p.classes));
+    const bool unbatched = grad.dim() == 1;
+    p.classes = unbatched ? grad.size(0) : grad.size(1);
+    p.spatial = unbatched ? 1 : (grad.size(0) * p.classes == 0 ? 1 : grad.numel() / (grad.size(0) * p.classes));
   }
-  cuda::launch_apply_grad_output(p, device_index(g), current_stream(g));
+  cuda::launch_apply_grad_output(p, device_index(grad), current_stream(grad));
+}
+
+at::Tensor focal_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+                          int64_t reduction, bool class_dim_reduced) {
+  check_backward_args(grad_output, grad, grad_scale, reduction, class_dim_reduced);
+  const at::Tensor g = grad.contiguous();
+  at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
+  launch_backward(grad_output, g, grad_scale, reduction, class_dim_reduced, out);
   return out;
+}
+
+void apply_grad_output_cuda_(const at::Tensor& grad, const at::Tensor& grad_output, const at::Tensor& grad_scale,
+                             int64_t reduction, bool class_dim_reduced) {
+  check_backward_in_place_args(grad, grad_output, grad_scale, reduction, class_dim_reduced);
+  launch_backward(grad_output, grad, grad_scale, reduction, class_dim_reduced, /*out=*/grad);
 }
 
 at::Tensor elementwise_focal_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& grad,
@@ -233,6 +245,7 @@ FOCAL_TORCH_LIBRARY_IMPL(FOCAL_OPS_NAMESPACE, FOCAL_CUDA_BACKEND_KEY, m) {
   m.impl("sigmoid_focal_bwd", &focal::elementwise_focal_bwd_cuda);
   m.impl("softmax_focal_bwd", &focal::softmax_focal_bwd_cuda);
   m.impl("binary_focal_bwd", &focal::elementwise_focal_bwd_cuda);
+  m.impl("apply_grad_output_", &focal::apply_grad_output_cuda_);
 }
 
 FOCAL_TORCH_LIBRARY_FRAGMENT(FOCAL_OPS_NAMESPACE, m) {
