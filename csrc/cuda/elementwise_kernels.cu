@@ -207,8 +207,10 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
   }
 }
 
-// Vectors each thread loads before computing on any: more 16-byte loads in flight per thread.
-constexpr int kVectorsPerThread = 2;
+// Vectors each thread loads before computing on any: more 16-byte loads in flight per thread. One for the
+// general layout, whose per-element reads already hold more registers.
+template <Layout L>
+constexpr int kVectorsPerThread = L == Layout::kGeneral ? 1 : 2;
 
 // Element (row, col) of the (rows, C) input. Class-index targets make element (row, col) positive (with the
 // row's score, or 1) iff col == target[row]; a row's target, score and weight are read once per access,
@@ -219,7 +221,7 @@ __global__ void __launch_bounds__(kThreads)
                                scalar_t* __restrict__ grad, Point point, ReductionBuffers reduce) {
   using op_t = opmath_t<scalar_t>;
   constexpr int V = vector_width<scalar_t>();
-  constexpr int U = kVectorsPerThread;
+  constexpr int U = kVectorsPerThread<L>;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   op_t acc(0);
@@ -308,7 +310,7 @@ void launch_with_point(const ElementwiseInputs<scalar_t>& in, scalar_t* loss, sc
                        const ReductionBuffers& reduce, int device, cudaStream_t stream) {
   constexpr int V = vector_width<scalar_t>();
   const auto kernel = &elementwise_forward_kernel<scalar_t, Point, L>;
-  const int grid = grid_for(in.vectorized ? ceil_div(in.n, V * kVectorsPerThread) : in.n, kThreads, device, kernel,
+  const int grid = grid_for(in.vectorized ? ceil_div(in.n, V * kVectorsPerThread<L>) : in.n, kThreads, device, kernel,
                             kThreads);
   FOCAL_LAUNCH(grid, kThreads, 0, stream, elementwise_forward_kernel<scalar_t, Point, L>)(in, loss, grad, point,
                                                                                           reduce);
