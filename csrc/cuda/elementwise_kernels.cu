@@ -12,6 +12,7 @@ enum class Layout : int {
   kDense = 0,    // dense target; nothing per row or per class
   kGeneral = 1,  // either target, with per-class alpha or a class / element weight: read per element
   kIndex = 2,    // one class-index target per row, with a score and a weight per row at most
+  kIndexAligned = 3,  // kIndex with rows of whole vectors (C a multiple of the vector width): one row per access
 };
 
 namespace {
@@ -111,8 +112,8 @@ struct RowCursor {
   int64_t step_cols = 0;  // step = step_rows * C + step_cols, 0 <= step_cols < C
   int64_t C = 1;
   __device__ __forceinline__ RowCursor(int64_t element, int64_t step, int64_t classes)
-      : row(element / classes), col(element % classes), step_rows(step / classes), step_cols(step % classes),
-        C(classes) {}
+      : row(element / classes), col(element - row * classes), step_rows(step / classes),
+        step_cols(step - step_rows * classes), C(classes) {}  // two 64-bit divisions, once per thread
   __device__ __forceinline__ void advance() {
     row += step_rows;
     col += step_cols;
@@ -172,9 +173,10 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
     }
     return 0;
   } else {
-    const bool index = L == Layout::kIndex || in.index_target != nullptr;  // (always non-null for kIndex)
+    const bool index = L != Layout::kGeneral || in.index_target != nullptr;
     // Elements k >= split lie in the next row.
-    const int split = W == 1 || cur.col + W <= in.C ? W : static_cast<int>(in.C - cur.col);
+    const int split =
+        W == 1 || L == Layout::kIndexAligned || cur.col + W <= in.C ? W : static_cast<int>(in.C - cur.col);
     const RowTerms<op_t> first = row_terms(in, cur.row, cur.col, W);
     const RowTerms<op_t> second = split < W ? row_terms(in, cur.row + 1, cur.col - in.C, W) : RowTerms<op_t>{};
 #pragma unroll
@@ -336,10 +338,11 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     in.ignore_index = p.ignore_index;
     const bool per_element_reads =
         p.class_alpha != nullptr || in.weight_mode == WeightMode::kClass || in.weight_mode == WeightMode::kElement;
-    const Layout layout = per_element_reads                                        ? Layout::kGeneral
-                          : p.index_target                                         ? Layout::kIndex
-                          : in.weight_mode == WeightMode::kNone                    ? Layout::kDense
-                                                                                   : Layout::kGeneral;
+    const Layout layout = per_element_reads                        ? Layout::kGeneral
+                          : p.index_target && in.C % vector_width<scalar_t>() == 0 ? Layout::kIndexAligned
+                          : p.index_target                                   ? Layout::kIndex
+                          : in.weight_mode == WeightMode::kNone              ? Layout::kDense
+                                                                             : Layout::kGeneral;
     auto* loss = static_cast<scalar_t*>(p.loss);
     auto* grad = static_cast<scalar_t*>(p.grad);
     // An access spans at most two rows (elements_forward) unless the layout has no rows.
@@ -356,7 +359,11 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
       } else if (layout == Layout::kGeneral) {
         launch_with_point<scalar_t, Layout::kGeneral>(in, loss, grad, point, reduce, device, stream);
       } else if constexpr (Point::kClassIndexTargets) {
-        launch_with_point<scalar_t, Layout::kIndex>(in, loss, grad, point, reduce, device, stream);
+        if (layout == Layout::kIndexAligned) {
+          launch_with_point<scalar_t, Layout::kIndexAligned>(in, loss, grad, point, reduce, device, stream);
+        } else {
+          launch_with_point<scalar_t, Layout::kIndex>(in, loss, grad, point, reduce, device, stream);
+        }
       } else {
         TORCH_CHECK(false, "focal elementwise forward: this loss takes no class-index targets");
       }
