@@ -213,7 +213,7 @@ def longest_path(instructions, first, last):
             successors.append(index_of[target])
         # A failed device assert (its CALL to __assertfail) ends the kernel's useful work: not counted.
         ends = op.startswith("EXIT") or op.startswith("RET") or op.startswith("CALL.ABS.NOINC")
-        if ends and op.startswith("CALL"):
+        if ends and op.startswith("CALL") and not conditional:
             continue
         if not ((target is not None or ends) and not conditional):
             successors.append(i + 1)
