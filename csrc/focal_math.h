@@ -56,8 +56,7 @@ inline namespace FOCAL_MATH_VARIANT {
   /* log1p for arguments in [0, 1]; the SIMD and device versions use that range for a cheaper series */ \
   C10_HOST_DEVICE inline T fm_log1p_unit(T x) { return std::log1p(x); }                        \
   C10_HOST_DEVICE inline T fm_reciprocal(T x) { return T(1) / x; }                             \
-  C10_HOST_DEVICE inline T fm_fma(T a, T b, T c) { return a * b + c; }                         \
-  C10_HOST_DEVICE inline T fm_pow(T x, T y) { return std::pow(x, y); }
+  C10_HOST_DEVICE inline T fm_fma(T a, T b, T c) { return a * b + c; }
 #define FOCAL_SELECT_PRIMITIVES(T)                                                             \
   C10_HOST_DEVICE inline T fm_abs(T x) { return std::abs(x); }                                 \
   C10_HOST_DEVICE inline T fm_max(T a, T b) { return a != a ? a : (a > b ? a : b); }           \
@@ -71,8 +70,16 @@ C10_HOST_DEVICE inline float fm_log1p_unit(float x) { return approx::log1p_unit(
 C10_HOST_DEVICE inline float fm_reciprocal(float x) { return approx::reciprocal(x); }
 C10_HOST_DEVICE inline float fm_pow(float x, float y) { return approx::pow(x, y); }
 C10_HOST_DEVICE inline float fm_fma(float a, float b, float c) { return approx::fma(a, b, c); }
+// double: x**y for x in [0, 1], y >= 0 as exp(y log x), which nvcc inlines (libdevice's pow is a call whose
+// saved registers give the kernel a stack frame); 0**0 = 1, 0**y = 0.
+C10_HOST_DEVICE inline double fm_pow(double x, double y) {
+  if (x > 0.0) return std::exp(y * std::log(x));
+  return x == 0.0 ? (y == 0.0 ? 1.0 : 0.0) : std::log(x);
+}
 #else
 FOCAL_SCALAR_PRIMITIVES(float)
+C10_HOST_DEVICE inline float fm_pow(float x, float y) { return std::pow(x, y); }
+C10_HOST_DEVICE inline double fm_pow(double x, double y) { return std::pow(x, y); }
 #endif
 FOCAL_SCALAR_PRIMITIVES(double)
 FOCAL_SELECT_PRIMITIVES(float)
