@@ -260,24 +260,24 @@ struct ContiguousRow {
 // Class j of a spatial position at x[j * stride], one class per unit.
 template <typename scalar_t>
 struct StridedRow {
-  using Index = int64_t;
+  using Index = int;
   static constexpr int kUnit = 1;
   using op_t = opmath_t<scalar_t>;
   const scalar_t* x;
   scalar_t* grad;  // or null
   int64_t stride;
-  int64_t C;
-  __device__ __forceinline__ int64_t units() const { return C; }
-  __device__ __forceinline__ int64_t class_of(int64_t u, int) const { return u; }
-  __device__ __forceinline__ int64_t unit_of(int64_t j) const { return j; }
-  __device__ __forceinline__ void load(int64_t u, bool enabled, op_t (&out)[1]) const {
+  Index C;
+  __device__ __forceinline__ Index units() const { return C; }
+  __device__ __forceinline__ Index class_of(Index u, int) const { return u; }
+  __device__ __forceinline__ Index unit_of(Index j) const { return j; }
+  __device__ __forceinline__ void load(Index u, bool enabled, op_t (&out)[1]) const {
     out[0] = enabled && u < C ? static_cast<op_t>(x[u * stride]) : negative_infinity<op_t>();
   }
-  __device__ __forceinline__ void store(int64_t u, const op_t (&value)[1]) const {
+  __device__ __forceinline__ void store(Index u, const op_t (&value)[1]) const {
     if (u < C) grad[u * stride] = static_cast<scalar_t>(value[0]);
   }
-  __device__ __forceinline__ op_t logit(int64_t j) const { return static_cast<op_t>(x[j * stride]); }
-  __device__ __forceinline__ void store_class(int64_t j, op_t value) const {
+  __device__ __forceinline__ op_t logit(Index j) const { return static_cast<op_t>(x[j * stride]); }
+  __device__ __forceinline__ void store_class(Index j, op_t value) const {
     grad[j * stride] = static_cast<scalar_t>(value);
   }
   __device__ __forceinline__ bool has_grad() const { return grad != nullptr; }
@@ -478,12 +478,14 @@ __device__ __forceinline__ void softmax_row_with_target(const Access& row, const
 
 // ---- kernels ------------------------------------------------------------------------------------------------
 
-// Blocks per SM the warp kernel asks ptxas to fit. Left to itself ptxas caps the kernels with the most live
-// values (double, whose exp / log sequences need many temporaries, and smoothed float rows of 8 vectors) at 80
-// registers and spills a few; 2 blocks of 256 threads allow 128, and the few more they take spill nothing.
+// Blocks per SM the warp kernel asks ptxas to fit (0: ptxas's own choice, best for plain rows: 46-80 registers,
+// where the 72-97 of 4-8 vectors a lane pay for the vectors in flight). Left to itself ptxas caps some kernels
+// below their live values and spills a few: double (its exp / log sequences need many temporaries) and smoothed
+// rows of 16 values or more get 2 blocks (up to 128 registers), smaller smoothed rows 4 (64).
 template <typename scalar_t, bool kSmooth, int kSlots>
 constexpr int warp_kernel_min_blocks() {
-  return sizeof(scalar_t) == 8 || (kSmooth && kSlots * vector_width<scalar_t>() > 16) ? 2 : 0;
+  if (sizeof(scalar_t) == 8 || (kSmooth && kSlots * vector_width<scalar_t>() >= 16)) return 2;
+  return kSmooth ? 4 : 0;
 }
 
 // Rows of (rows, C); each warp takes 32 / lanes_per_row rows at a time, kSlots vectors per lane.
@@ -547,14 +549,20 @@ __global__ void __launch_bounds__(kRowBlockThreads)
   finish_forward_block<kRowBlockThreads, scalar_t>(static_cast<double>(acc), static_cast<double>(count), reduce);
 }
 
-constexpr int kSpatialSlots = 8;  // classes per thread and chunk
+// Classes per thread and chunk of the spatial kernel: 8, or 4 double (half the registers per class).
+template <typename scalar_t>
+constexpr int spatial_slots() {
+  return sizeof(scalar_t) == 8 ? 4 : 8;
+}
 constexpr int kSpatialMaxClassGroups = 32;
 
 // (N, C, S): a block takes positions_per_block consecutive positions (n, s) (flat n * S + s); the
 // kThreads / positions_per_block threads of a column share a position's classes. Class c of position (n, s) is
 // at n*C*S + c*S + s; target and loss at n*S + s. Neighbouring threads read neighbouring s.
+// Registers: 57-64 (73-75 smoothed with gamma 0, which a 64 cap would spill); double is asked for 2 blocks
+// (up to 128), where ptxas alone spills.
 template <int G, bool kSmooth, typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 2 : 0)
     softmax_spatial_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                            scalar_t* __restrict__ loss, scalar_t* __restrict__ grad, int64_t N, int64_t C, int64_t S,
                            int64_t ignore_index, int positions_per_block, SoftmaxConsts<opmath_t<scalar_t>> k,
@@ -570,20 +578,25 @@ __global__ void __launch_bounds__(kThreads)
     const bool in_range = pos < positions;
     const int64_t n = in_range ? pos / S : 0;
     const int64_t offset = in_range ? n * C * S + (pos - n * S) : 0;
-    const StridedRow<scalar_t> access{x + offset, in_range && grad != nullptr ? grad + offset : nullptr, S, C};
-    softmax_row_with_target<G, kSmooth, kSpatialSlots, true>(access, group, pos, in_range, target, loss,
-                                                             ignore_index, k, acc, count);
+    const StridedRow<scalar_t> access{x + offset, in_range && grad != nullptr ? grad + offset : nullptr, S,
+                                      static_cast<int>(C)};
+    softmax_row_with_target<G, kSmooth, spatial_slots<scalar_t>(), true>(access, group, pos, in_range, target,
+                                                                         loss, ignore_index, k, acc, count);
   }
   finish_forward_block<kThreads, scalar_t>(static_cast<double>(acc), static_cast<double>(count), reduce);
 }
 
 // ---- layouts (host) -------------------------------------------------------------------------------------------
 
-// Slots per lane the warp kernel is built for: at most 40 values a lane in registers.
+// Slots per lane the warp kernel is built for: at most 40 values a lane in registers. Smoothed rows and double
+// (V = 2, compute-bound: idle lanes cost little) take powers of two up to 4 double / 8 others, which
+// halves their instantiations; double rows over 256 classes go to the block kernel.
 constexpr int kWarpSlotChoices[] = {1, 2, 3, 4, 5, 8};
 template <int V, bool kSmooth>
 constexpr bool warp_slots_built(int slots) {
-  return slots * V <= 40 && (!kSmooth || slots == 1 || slots == 2 || slots == 4 || slots == 8);
+  const bool power_of_two = slots == 1 || slots == 2 || slots == 4 || slots == 8;
+  if (V == 2) return power_of_two && slots <= 4;
+  return slots * V <= 40 && (!kSmooth || power_of_two);
 }
 
 struct WarpLayout {
@@ -657,12 +670,16 @@ void launch_softmax_forward(const SoftmaxParams& p, int device, cudaStream_t str
       constexpr int G = decltype(gamma_tag)::value;
       constexpr bool kSmooth = decltype(smooth_tag)::value;
       if (p.spatial > 1) {
+        // The spatial kernel counts a position's classes in int (fewer registers per slot), with room for a
+        // chunk past the last class.
+        TORCH_CHECK(C <= (int64_t{1} << 30), "softmax_focal_fwd: at most 2**30 classes with spatial dimensions, got ",
+                    C);
         // Class groups per position: enough to hold C in registers, while a warp still reads 32 consecutive s
         // (or all of a short S), at most kSpatialMaxClassGroups.
         const int64_t min_positions = std::max<int64_t>(kThreads / kSpatialMaxClassGroups,
                                                         std::min<int64_t>(kWarpSize, next_power_of_two(p.spatial)));
         int64_t groups = 1;
-        while (groups * kSpatialSlots < C && kThreads / (2 * groups) >= min_positions) groups *= 2;
+        while (groups * spatial_slots<scalar_t>() < C && kThreads / (2 * groups) >= min_positions) groups *= 2;
         const int positions_per_block = static_cast<int>(kThreads / groups);
         const auto kernel = &softmax_spatial_kernel<G, kSmooth, scalar_t>;
         const int grid = grid_for(rows, positions_per_block, device, kernel, kThreads);
