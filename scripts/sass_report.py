@@ -53,7 +53,7 @@ CASES = [
     ("asymmetric dense bf16", r"elementwise_forward_kernel<c10::BFloat16, AsymmetricPoint<float>, \(focal::cuda::Layout\)0>", 16, None, "innermost"),
     ("softmax rows C=80 bf16 g2", r"softmax_rows_warp_kernel<2, false, 5, c10::BFloat16>", 40, 40, "outermost"),
     ("softmax rows C=80 fp32 g2", r"softmax_rows_warp_kernel<2, false, 5, float>", 20, None, "outermost"),
-    ("softmax block bf16 g2", r"softmax_rows_block_kernel<2, false, c10::BFloat16>", 64, None, "outermost"),
+    ("softmax block bf16 g2", r"softmax_rows_block_kernel<2, false, c10::BFloat16>", 64, None, "innermost"),
     ("backward bf16", r"apply_grad_output_kernel<c10::BFloat16>", 8, None, "innermost"),
 ]
 

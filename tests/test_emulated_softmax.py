@@ -77,8 +77,9 @@ def test_spatial_class_groups(shape, label_smoothing):
     one_launch_forward(x, t, label_smoothing=label_smoothing)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_spatial_half_types(dtype):
+# float64 takes 4 classes per thread and chunk, the others 8.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_spatial_other_dtypes(dtype):
     x = logits((2, 600, 33), dtype)
     t = softmax_index_target((2, 33), 600)
     check_emulated(focal_cuda.softmax_focal_loss, reference.softmax_focal_loss, x, t, reduction="sum")

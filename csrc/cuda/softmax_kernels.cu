@@ -32,7 +32,8 @@ __device__ __forceinline__ T negative_infinity() {
   return -std::numeric_limits<T>::infinity();
 }
 
-__device__ __forceinline__ int64_t div_up(int64_t a, int64_t b) {
+template <typename Index>
+__device__ __forceinline__ Index div_up(Index a, Index b) {
   return (a + b - 1) / b;
 }
 
@@ -158,34 +159,36 @@ struct BitsOf<8> {
 
 // A contiguous row read in aligned 16-byte vectors: unit u covers span[u * V, u * V + V), where span starts at
 // the aligned address at or below the row start (`head` elements earlier). Vectors that stick out of the row
-// (at most the first and the last) are read and written element by element, the rest as one access.
-template <typename scalar_t>
+// (at most the first and the last) are read and written element by element, the rest as one access. `Index`
+// counts classes within the row: int when C is small (fewer registers for the per-slot bookkeeping).
+template <typename scalar_t, typename RowIndex>
 struct ContiguousRow {
+  using Index = RowIndex;
   static constexpr int kUnit = vector_width<scalar_t>();
   using op_t = opmath_t<scalar_t>;
   using Bits = typename BitsOf<sizeof(scalar_t)>::type;
   const scalar_t* span;  // row start - head
   scalar_t* grad_span;   // the gradient row at the same offset, or null
-  int64_t C;
+  Index C;
   int head;
   bool grad_vectors;  // the gradient row has the same alignment as the input row
 
-  __device__ __forceinline__ ContiguousRow(const scalar_t* row, scalar_t* grad_row, int64_t classes, bool grad_aligned)
+  __device__ __forceinline__ ContiguousRow(const scalar_t* row, scalar_t* grad_row, Index classes, bool grad_aligned)
       : C(classes), grad_vectors(grad_aligned) {
     head = static_cast<int>(reinterpret_cast<uintptr_t>(row) % kVectorBytes / sizeof(scalar_t));
     span = row - head;
     grad_span = grad_row != nullptr ? grad_row - head : nullptr;
   }
-  __device__ __forceinline__ int64_t units() const { return div_up(head + C, kUnit); }
-  __device__ __forceinline__ int64_t class_of(int64_t u, int k) const { return u * kUnit + k - head; }
-  __device__ __forceinline__ int64_t unit_of(int64_t j) const { return (j + head) / kUnit; }
-  __device__ __forceinline__ bool inside(int64_t u) const {
-    const int64_t first = u * kUnit - head;
+  __device__ __forceinline__ Index units() const { return div_up<Index>(head + C, kUnit); }
+  __device__ __forceinline__ Index class_of(Index u, int k) const { return u * kUnit + k - head; }
+  __device__ __forceinline__ Index unit_of(Index j) const { return (j + head) / kUnit; }
+  __device__ __forceinline__ bool inside(Index u) const {
+    const Index first = u * kUnit - head;
     return first >= 0 && first + kUnit <= C;
   }
 
   // Classes outside [0, C) (or all, when !enabled) read as -inf: they add nothing to the max or the sum.
-  __device__ __forceinline__ void load(int64_t u, bool enabled, op_t (&out)[kUnit]) const {
+  __device__ __forceinline__ void load(Index u, bool enabled, op_t (&out)[kUnit]) const {
     Vector<scalar_t> v;
     if (enabled && inside(u)) {
       v = load_vector(span + u * kUnit);
@@ -194,7 +197,7 @@ struct ContiguousRow {
       uint64_t words[2] = {0, 0};
 #pragma unroll 1
       for (int k = 0; k < kUnit; ++k) {
-        const int64_t j = class_of(u, k);
+        const Index j = class_of(u, k);
         const Bits b = enabled && j >= 0 && j < C ? reinterpret_cast<const Bits*>(span)[u * kUnit + k] : minus_inf;
         shift_in(words, b);
       }
@@ -204,7 +207,7 @@ struct ContiguousRow {
     for (int k = 0; k < kUnit; ++k) out[k] = static_cast<op_t>(v.val[k]);
   }
 
-  __device__ __forceinline__ void store(int64_t u, const op_t (&value)[kUnit]) const {
+  __device__ __forceinline__ void store(Index u, const op_t (&value)[kUnit]) const {
     Vector<scalar_t> v;
 #pragma unroll
     for (int k = 0; k < kUnit; ++k) v.val[k] = static_cast<scalar_t>(value[k]);
@@ -216,13 +219,13 @@ struct ContiguousRow {
     memcpy(words, &v, sizeof(v));
 #pragma unroll 1
     for (int k = 0; k < kUnit; ++k) {
-      const int64_t j = class_of(u, k);
+      const Index j = class_of(u, k);
       if (j >= 0 && j < C) reinterpret_cast<Bits*>(grad_span)[u * kUnit + k] = static_cast<Bits>(words[0]);
       shift_out(words);
     }
   }
-  __device__ __forceinline__ op_t logit(int64_t j) const { return static_cast<op_t>(span[j + head]); }
-  __device__ __forceinline__ void store_class(int64_t j, op_t value) const {
+  __device__ __forceinline__ op_t logit(Index j) const { return static_cast<op_t>(span[j + head]); }
+  __device__ __forceinline__ void store_class(Index j, op_t value) const {
     grad_span[j + head] = static_cast<scalar_t>(value);
   }
   __device__ __forceinline__ bool has_grad() const { return grad_span != nullptr; }
@@ -257,23 +260,24 @@ struct ContiguousRow {
 // Class j of a spatial position at x[j * stride], one class per unit.
 template <typename scalar_t>
 struct StridedRow {
+  using Index = int;
   static constexpr int kUnit = 1;
   using op_t = opmath_t<scalar_t>;
   const scalar_t* x;
   scalar_t* grad;  // or null
   int64_t stride;
-  int64_t C;
-  __device__ __forceinline__ int64_t units() const { return C; }
-  __device__ __forceinline__ int64_t class_of(int64_t u, int) const { return u; }
-  __device__ __forceinline__ int64_t unit_of(int64_t j) const { return j; }
-  __device__ __forceinline__ void load(int64_t u, bool enabled, op_t (&out)[1]) const {
+  Index C;
+  __device__ __forceinline__ Index units() const { return C; }
+  __device__ __forceinline__ Index class_of(Index u, int) const { return u; }
+  __device__ __forceinline__ Index unit_of(Index j) const { return j; }
+  __device__ __forceinline__ void load(Index u, bool enabled, op_t (&out)[1]) const {
     out[0] = enabled && u < C ? static_cast<op_t>(x[u * stride]) : negative_infinity<op_t>();
   }
-  __device__ __forceinline__ void store(int64_t u, const op_t (&value)[1]) const {
+  __device__ __forceinline__ void store(Index u, const op_t (&value)[1]) const {
     if (u < C) grad[u * stride] = static_cast<scalar_t>(value[0]);
   }
-  __device__ __forceinline__ op_t logit(int64_t j) const { return static_cast<op_t>(x[j * stride]); }
-  __device__ __forceinline__ void store_class(int64_t j, op_t value) const {
+  __device__ __forceinline__ op_t logit(Index j) const { return static_cast<op_t>(x[j * stride]); }
+  __device__ __forceinline__ void store_class(Index j, op_t value) const {
     grad[j * stride] = static_cast<scalar_t>(value);
   }
   __device__ __forceinline__ bool has_grad() const { return grad != nullptr; }
@@ -306,24 +310,25 @@ template <int G, bool kSmooth, int kSlots, bool kChunked, typename Access, typen
 __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, const RowTarget<T>& t,
                                          const SoftmaxConsts<T>& k) {
   constexpr int U = Access::kUnit;
+  using Index = typename Access::Index;
   const int rank = group.rank();
-  const int64_t width = group.width();
-  const int64_t units = row.units();
-  const int64_t chunk_units = width * kSlots;
-  const int64_t chunks = kChunked ? div_up(units, chunk_units) : 1;
+  const Index width = group.width();
+  const Index units = row.units();
+  const Index chunk_units = width * kSlots;
+  const Index chunks = kChunked ? div_up(units, chunk_units) : 1;
   const bool resident = chunks == 1;
-  const auto unit = [&](int64_t c, int i) { return c * chunk_units + i * width + rank; };
+  const auto unit = [&](Index c, int i) { return c * chunk_units + i * width + rank; };
   // Slot i of chunk c holds part of the row in some rank of the group (the same answer in all of them).
-  const auto live = [&](int64_t c, int i) { return c * chunk_units + i * width < units; };
+  const auto live = [&](Index c, int i) { return c * chunk_units + i * width < units; };
   T v[kSlots][U];
-  const auto load_chunk = [&](int64_t c) {
+  const auto load_chunk = [&](Index c) {
 #pragma unroll
     for (int i = 0; i < kSlots; ++i) row.load(unit(c, i), t.counted && live(c, i), v[i]);
   };
 
   // Pass 1: the thread's running max m and sum s of exp(x - m).
   T m = negative_infinity<T>(), s(0);
-  for (int64_t c = 0; c < (t.counted ? chunks : 1); ++c) {  // an uncounted row reads nothing (all -inf)
+  for (Index c = 0; c < (t.counted ? chunks : 1); ++c) {  // an uncounted row reads nothing (all -inf)
     load_chunk(c);
     T chunk_max = m;
 #pragma unroll
@@ -354,7 +359,7 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
   const T log_sum = fm_max(fm_log(total.sum), T(0));
   // The registers are relative to `ref`: the thread's max while resident, the row's after a reread.
   const T ref = resident ? (m == negative_infinity<T>() ? T(0) : m) : row_max;
-  const auto reload = [&](int64_t c) {
+  const auto reload = [&](Index c) {
     if (resident) return;
     load_chunk(c);
 #pragma unroll
@@ -380,7 +385,7 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
                             ? T(0)
                             : (ref == row_max ? T(1) : fm_exp(ref - row_max)) / total.sum;
       const T scale = hw * to_prob;
-      for (int64_t c = 0; c < chunks; ++c) {
+      for (Index c = 0; c < chunks; ++c) {
         reload(c);
 #pragma unroll
         for (int i = 0; i < kSlots; ++i) {
@@ -392,24 +397,26 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
         }
       }
       // The target's h (p_t - 1) overwrites what this thread stored there (expm1: exact near p_t = 1).
-      if (t.counted && row.unit_of(t.tgt) % width == rank) row.store_class(t.tgt, hw * fm_expm1(logp_t));
+      if (t.counted && row.unit_of(static_cast<Index>(t.tgt)) % width == rank) {
+        row.store_class(static_cast<Index>(t.tgt), hw * fm_expm1(logp_t));
+      }
     }
     return row_loss;
   } else {
     const T offset = ref - row_max - log_sum;  // log p = register + offset
-    const auto terms = [&](int64_t j, T logp, T& weighted_logp, T& h) {
+    const auto terms = [&](Index j, T logp, T& weighted_logp, T& h) {
       softmax_focal_class_terms<G>(logp, k.alpha != nullptr ? k.alpha[j] : T(1), k.gamma, weighted_logp, h, k.poly);
     };
     SumPair<T> acc{T(0), T(0)};  // sum_c q_c weighted_logp_c, sum_c q_c h_c
     if (t.counted) {
-      for (int64_t c = 0; c < chunks; ++c) {
+      for (Index c = 0; c < chunks; ++c) {
         reload(c);
 #pragma unroll
         for (int i = 0; i < kSlots; ++i) {
           if (!live(c, i)) continue;
 #pragma unroll
           for (int e = 0; e < U; ++e) {
-            const int64_t j = row.class_of(unit(c, i), e);
+            const Index j = row.class_of(unit(c, i), e);
             if (j < 0 || j >= row.C) continue;
             T weighted_logp, h;
             terms(j, v[i][e] + offset, weighted_logp, h);
@@ -422,7 +429,7 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
     }
     const SumPair<T> sums = group.reduce(acc, SumPairOp{});
     if (row.has_grad()) {
-      for (int64_t c = 0; c < chunks; ++c) {
+      for (Index c = 0; c < chunks; ++c) {
         reload(c);
 #pragma unroll
         for (int i = 0; i < kSlots; ++i) {
@@ -430,7 +437,7 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
           T out[U];
 #pragma unroll
           for (int e = 0; e < U; ++e) {
-            const int64_t j = row.class_of(unit(c, i), e);
+            const Index j = row.class_of(unit(c, i), e);
             out[e] = T(0);
             if (t.counted && j >= 0 && j < row.C) {
               T weighted_logp, h;
@@ -458,7 +465,7 @@ __device__ __forceinline__ void softmax_row_with_target(const Access& row, const
   const int64_t tgt = in_range ? target[index] : ignore_index;
   const bool counted = in_range && softmax_row_counted(tgt, row.C, ignore_index);
   const RowTarget<op_t> t{tgt, counted, counted && k.row_weight != nullptr ? k.row_weight[index] : op_t(1),
-                          counted ? row.logit(tgt) : op_t(0)};
+                          counted ? row.logit(static_cast<typename Access::Index>(tgt)) : op_t(0)};
   const op_t row_loss = softmax_row<G, kSmooth, kSlots, kChunked>(row, group, t, k);
   if (in_range && group.rank() == 0) {
     if (loss != nullptr) loss[index] = static_cast<scalar_t>(row_loss);
@@ -471,9 +478,19 @@ __device__ __forceinline__ void softmax_row_with_target(const Access& row, const
 
 // ---- kernels ------------------------------------------------------------------------------------------------
 
+// Blocks per SM the warp kernel asks ptxas to fit (0: ptxas's own choice, best for plain rows: 46-80 registers,
+// where the 72-97 of 4-8 vectors a lane pay for the vectors in flight). Left to itself ptxas caps some kernels
+// below their live values and spills a few: double (its exp / log sequences need many temporaries) and smoothed
+// rows of 16 values or more get 2 blocks (up to 128 registers), smaller smoothed rows 4 (64).
+template <typename scalar_t, bool kSmooth, int kSlots>
+constexpr int warp_kernel_min_blocks() {
+  if (sizeof(scalar_t) == 8 || (kSmooth && kSlots * vector_width<scalar_t>() >= 16)) return 2;
+  return kSmooth ? 4 : 0;
+}
+
 // Rows of (rows, C); each warp takes 32 / lanes_per_row rows at a time, kSlots vectors per lane.
 template <int G, bool kSmooth, int kSlots, typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, warp_kernel_min_blocks<scalar_t, kSmooth, kSlots>())
     softmax_rows_warp_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                              scalar_t* __restrict__ loss, scalar_t* __restrict__ grad, int64_t rows, int64_t C,
                              int64_t ignore_index, int lanes_per_row, bool grad_aligned,
@@ -492,8 +509,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t row = first + lane / lanes_per_row;
     const bool in_range = row < rows;
     const int64_t offset = in_range ? row * C : 0;
-    const ContiguousRow<scalar_t> access(x + offset, in_range && grad != nullptr ? grad + offset : nullptr, C,
-                                         grad_aligned);
+    const ContiguousRow<scalar_t, int> access(x + offset, in_range && grad != nullptr ? grad + offset : nullptr,
+                                              static_cast<int>(C), grad_aligned);
     softmax_row_with_target<G, kSmooth, kSlots, false>(access, group, row, in_range, target, loss, ignore_index, k,
                                                        acc, count);
   }
@@ -524,22 +541,28 @@ __global__ void __launch_bounds__(kRowBlockThreads)
     const int64_t row = first + threadIdx.x / threads_per_row;
     const bool in_range = row < rows;
     const int64_t offset = in_range ? row * C : 0;
-    const ContiguousRow<scalar_t> access(x + offset, in_range && grad != nullptr ? grad + offset : nullptr, C,
-                                         grad_aligned);
+    const ContiguousRow<scalar_t, int64_t> access(x + offset, in_range && grad != nullptr ? grad + offset : nullptr,
+                                                  C, grad_aligned);
     softmax_row_with_target<G, kSmooth, block_row_slots<scalar_t>(), true>(access, group, row, in_range, target,
                                                                           loss, ignore_index, k, acc, count);
   }
   finish_forward_block<kRowBlockThreads, scalar_t>(static_cast<double>(acc), static_cast<double>(count), reduce);
 }
 
-constexpr int kSpatialSlots = 8;  // classes per thread and chunk
+// Classes per thread and chunk of the spatial kernel: 8, or 4 double (half the registers per class).
+template <typename scalar_t>
+constexpr int spatial_slots() {
+  return sizeof(scalar_t) == 8 ? 4 : 8;
+}
 constexpr int kSpatialMaxClassGroups = 32;
 
 // (N, C, S): a block takes positions_per_block consecutive positions (n, s) (flat n * S + s); the
 // kThreads / positions_per_block threads of a column share a position's classes. Class c of position (n, s) is
 // at n*C*S + c*S + s; target and loss at n*S + s. Neighbouring threads read neighbouring s.
+// Registers: 57-64 (73-75 smoothed with gamma 0, which a 64 cap would spill); double is asked for 2 blocks
+// (up to 128), where ptxas alone spills.
 template <int G, bool kSmooth, typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 2 : 0)
     softmax_spatial_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ target,
                            scalar_t* __restrict__ loss, scalar_t* __restrict__ grad, int64_t N, int64_t C, int64_t S,
                            int64_t ignore_index, int positions_per_block, SoftmaxConsts<opmath_t<scalar_t>> k,
@@ -555,20 +578,25 @@ __global__ void __launch_bounds__(kThreads)
     const bool in_range = pos < positions;
     const int64_t n = in_range ? pos / S : 0;
     const int64_t offset = in_range ? n * C * S + (pos - n * S) : 0;
-    const StridedRow<scalar_t> access{x + offset, in_range && grad != nullptr ? grad + offset : nullptr, S, C};
-    softmax_row_with_target<G, kSmooth, kSpatialSlots, true>(access, group, pos, in_range, target, loss,
-                                                             ignore_index, k, acc, count);
+    const StridedRow<scalar_t> access{x + offset, in_range && grad != nullptr ? grad + offset : nullptr, S,
+                                      static_cast<int>(C)};
+    softmax_row_with_target<G, kSmooth, spatial_slots<scalar_t>(), true>(access, group, pos, in_range, target,
+                                                                         loss, ignore_index, k, acc, count);
   }
   finish_forward_block<kThreads, scalar_t>(static_cast<double>(acc), static_cast<double>(count), reduce);
 }
 
 // ---- layouts (host) -------------------------------------------------------------------------------------------
 
-// Slots per lane the warp kernel is built for: at most 40 values a lane in registers.
+// Slots per lane the warp kernel is built for: at most 40 values a lane in registers. Smoothed rows and double
+// (V = 2, compute-bound: idle lanes cost little) take powers of two up to 4 double / 8 others, which
+// halves their instantiations; double rows over 256 classes go to the block kernel.
 constexpr int kWarpSlotChoices[] = {1, 2, 3, 4, 5, 8};
 template <int V, bool kSmooth>
 constexpr bool warp_slots_built(int slots) {
-  return slots * V <= 40 && (!kSmooth || slots == 1 || slots == 2 || slots == 4 || slots == 8);
+  const bool power_of_two = slots == 1 || slots == 2 || slots == 4 || slots == 8;
+  if (V == 2) return power_of_two && slots <= 4;
+  return slots * V <= 40 && (!kSmooth || power_of_two);
 }
 
 struct WarpLayout {
@@ -642,12 +670,16 @@ void launch_softmax_forward(const SoftmaxParams& p, int device, cudaStream_t str
       constexpr int G = decltype(gamma_tag)::value;
       constexpr bool kSmooth = decltype(smooth_tag)::value;
       if (p.spatial > 1) {
+        // The spatial kernel counts a position's classes in int (fewer registers per slot), with room for a
+        // chunk past the last class.
+        TORCH_CHECK(C <= (int64_t{1} << 30), "softmax_focal_fwd: at most 2**30 classes with spatial dimensions, got ",
+                    C);
         // Class groups per position: enough to hold C in registers, while a warp still reads 32 consecutive s
         // (or all of a short S), at most kSpatialMaxClassGroups.
         const int64_t min_positions = std::max<int64_t>(kThreads / kSpatialMaxClassGroups,
                                                         std::min<int64_t>(kWarpSize, next_power_of_two(p.spatial)));
         int64_t groups = 1;
-        while (groups * kSpatialSlots < C && kThreads / (2 * groups) >= min_positions) groups *= 2;
+        while (groups * spatial_slots<scalar_t>() < C && kThreads / (2 * groups) >= min_positions) groups *= 2;
         const int positions_per_block = static_cast<int>(kThreads / groups);
         const auto kernel = &softmax_spatial_kernel<G, kSmooth, scalar_t>;
         const int grid = grid_for(rows, positions_per_block, device, kernel, kThreads);
