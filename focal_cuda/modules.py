@@ -185,3 +185,40 @@ class AsymmetricLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"gamma_pos={self.gamma_pos}, gamma_neg={self.gamma_neg}, clip={self.clip}, "
                 f"reduction={self.reduction!r}, detach_modulation={self.detach_modulation}")
+
+
+from .linear import linear_softmax_focal_loss  # noqa: E402  (the fused linear + loss; imports functional only)
+
+
+class LinearSoftmaxFocalLoss(nn.Module):
+    """Fused linear + softmax focal loss for large class counts (LM heads, extreme classification); see
+    focal_cuda.linear_softmax_focal_loss. forward(input, weight, target, bias=None, normalizer=None) never holds
+    the (N, C) logits. alpha: None, a number, or C per-class weights (then the buffer ``alpha``)."""
+
+    def __init__(self, alpha=None, gamma: float = 2.0, reduction: str = "mean", *, ignore_index: int = -100,
+                 label_smoothing: float = 0.0, chunk_size: Optional[int] = None):
+        super().__init__()
+        self.gamma = gamma
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.chunk_size = chunk_size
+        self._alpha_scalar = None
+        if alpha is None:
+            self.register_buffer("alpha", None)
+        elif isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
+            self.register_buffer("alpha", None)
+            self._alpha_scalar = float(alpha)
+        else:
+            self.register_buffer("alpha", _alpha_weights(alpha, None))
+
+    def forward(self, input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                bias: Optional[torch.Tensor] = None, normalizer=None) -> torch.Tensor:
+        alpha = self.alpha if self.alpha is not None else self._alpha_scalar
+        return linear_softmax_focal_loss(input, weight, target, bias, alpha, self.gamma, self.reduction,
+                                         ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+                                         normalizer=normalizer, chunk_size=self.chunk_size)
+
+    def extra_repr(self) -> str:
+        return (f"gamma={self.gamma}, reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
+                f"label_smoothing={self.label_smoothing}, chunk_size={self.chunk_size}")
