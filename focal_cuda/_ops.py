@@ -92,48 +92,144 @@ def _applies_nothing(grad_loss, grad_scale):
 
 
 _get_keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+_top_saved_tensors_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+
+
+def supported_autograd_message():
+    """What focal_cuda's autograd supports, for the errors that refuse the rest."""
+    return ("focal_cuda losses support first derivatives with respect to the input (logits / probabilities) in "
+            "reverse mode: loss.backward() and torch.autograd.grad, with retain_graph, under torch.compile and "
+            "torch.utils.checkpoint")
+
+
+def _saved_tensors_hooks_active():
+    """True while torch.autograd.graph.saved_tensors_hooks (checkpoint, save_on_cpu, a user's hooks) are active:
+    what the forward saves then goes through a pack hook that may keep it where anyone can read it."""
+    if _top_saved_tensors_hooks is None:
+        return True  # cannot tell: assume they are
+    return _top_saved_tensors_hooks(True) is not None
+
+
+def _storage_use_count(t):
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+# The use count a tensor's storage reports when that tensor is its only holder (the call holds one reference).
+_SOLE_STORAGE_USE_COUNT = _storage_use_count(torch.empty(1))
 
 
 def _may_overwrite_saved_grad(grad, grad_loss, forward_grad_output):
     """True when this backward is the saved gradient's last reader, so it may take the result in place: the graph
     is freed after this backward (no retain_graph / create_graph), nothing traces it (AOTAutograd may trace a
-    backward once and replay it with retain_graph), the forward op's caller no longer holds the gradient output
-    (the public functions drop it; a direct caller of the op may keep it: a weak reference tells), and the buffer
-    can hold the result (contiguous, its dtype)."""
+    backward once and replay it with retain_graph), nobody else can read the buffer (the forward op's caller no
+    longer holds the gradient output, which the public functions drop and a direct caller of the op may keep: a
+    weak reference tells; and no other tensor shares its storage: a .detach() / .data / view alias of it), and
+    the buffer can hold the result (contiguous, its dtype)."""
     return (_get_keep_graph is not None and not _get_keep_graph() and forward_grad_output() is None
             and not torch.compiler.is_compiling()
             and _is_plain_tensor(grad) and _is_plain_tensor(grad_loss)
-            and grad.is_contiguous() and grad.dtype == grad_loss.dtype and grad.device == grad_loss.device)
+            and grad.is_contiguous() and grad.dtype == grad_loss.dtype and grad.device == grad_loss.device
+            and _storage_use_count(grad) == _SOLE_STORAGE_USE_COUNT)
+
+
+DOUBLE_BACKWARD_MESSAGE = (
+    "focal_cuda: double backward (differentiating the gradient of a focal_cuda loss, e.g. after "
+    "torch.autograd.grad(..., create_graph=True) or loss.backward(create_graph=True): MAML steps, gradient "
+    "penalties) is not supported; the first derivative was computed, but it has no derivative of its own. "
+    + supported_autograd_message())
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Passes the gradient on under create_graph; differentiating it raises (as @once_differentiable does, but
+    the result requires grad even when grad_output does not, so a second-order term is never dropped in silence:
+    the gradient depends on the input, through the forward's saved gradient that autograd does not see)."""
+
+    @staticmethod
+    def forward(ctx, compute, anchor):
+        return compute()
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
+
+
+def anchor_input(loss, input):
+    """Gives the forward node of `loss` an empty tensor computed from `input` (no copy of it, nothing that keeps its
+    memory alive), through which a gradient computed under create_graph is connected to the input in autograd's
+    graph: differentiating it with respect to the input (or anything before it) then reaches the error above,
+    instead of being pruned as unused (an unclear error, or None under allow_unused=True)."""
+    if (torch.compiler.is_compiling() or not torch.is_grad_enabled()
+            or not (input.requires_grad and _is_plain_tensor(input))):
+        return loss  # (a compiled graph's backward is not differentiable again: AOTAutograd refuses it itself)
+    node = loss.grad_fn
+    if node is not None:
+        # an empty copy: its backward node keeps sizes only, never the input's memory
+        node.focal_anchor = (torch.narrow_copy(input, 0, 0, 0) if input.dim() > 0
+                             else input.as_strided((0,), (1,)).clone())
+    return loss
+
+
+def _refuse_double_backward(ctx, compute, *tensors):
+    """compute() (the backward's out-of-place result); when autograd is building a graph of the backward
+    (create_graph), computed under a node that raises a clear error if anything differentiates it."""
+    if (not torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or not all(_is_plain_tensor(t) for t in tensors)):
+        return compute()
+    anchor = getattr(ctx, "focal_anchor", None)
+    if anchor is None:  # a direct caller of the op: a leaf of its own, so that the result still requires grad
+        anchor = torch.empty(0, requires_grad=True)
+    return _NoDoubleBackward.apply(compute, anchor)
 
 
 def _register_autograd(namespace, fwd_name, bwd_op, apply_in_place_op, class_dim_reduced, reduction_index,
-                       compute_grad_index, num_inputs, cpu_shortcut):
+                       compute_grad_index, num_inputs, cpu_shortcut, argument_names):
     def setup_context(ctx, inputs, output):
         _, grad, grad_scale = output
         ctx.reduction = inputs[reduction_index]
         ctx.has_grad = inputs[compute_grad_index]
-        # an alias: while the op's caller holds the output itself (the public functions never do), the weak
-        # reference stays alive and backward leaves the buffer alone
-        ctx.save_for_backward(grad.detach(), grad_scale)
-        ctx.forward_grad_output = weakref.ref(grad)
         ctx.mark_non_differentiable(grad, grad_scale)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the non-differentiable outputs
+        if _saved_tensors_hooks_active():
+            # the pack hooks see the gradient (checkpoint may drop and recompute it, save_on_cpu move it, a
+            # user's hook keep it): it is theirs, and backward never writes over it
+            ctx.save_for_backward(grad.detach(), grad_scale)
+            ctx.focal_grad = None
+        else:
+            # kept on ctx, not saved: neither grad_fn.saved_tensors nor a hook hands it out, so backward may write
+            # its result over it when autograd is done with the graph. An alias: while the op's caller holds the
+            # output itself (the public functions never do), the weak reference stays alive and backward leaves
+            # the buffer alone.
+            ctx.save_for_backward(grad_scale)
+            ctx.focal_grad = grad.detach()
+            ctx.forward_grad_output = weakref.ref(grad)
 
     def backward(ctx, grad_loss, _grad_of_grad, _grad_of_scale):
+        for name, needs in zip(argument_names[1:], ctx.needs_input_grad[1:]):
+            if needs:
+                raise RuntimeError(f"{namespace}::{fwd_name}: the loss is differentiated with respect to the input "
+                                   f"only, not {name}; pass {name}.detach()")
         if not ctx.has_grad:
             raise RuntimeError(f"{namespace}::{fwd_name} was called with compute_grad=False; "
                                "call it with compute_grad=True to differentiate it")
-        grad, grad_scale = ctx.saved_tensors
+        saved = ctx.saved_tensors  # after a backward that freed the graph, autograd's own error
+        stashed = ctx.focal_grad is not None  # else saved under saved-tensor hooks: theirs, never written over
+        grad, grad_scale = (ctx.focal_grad,) + saved if stashed else saved
+        frees_graph = _get_keep_graph is not None and not _get_keep_graph()
+        if frees_graph:
+            ctx.focal_grad = ctx.focal_anchor = None  # released with the graph, as autograd releases what it saved
+        may_overwrite = stashed and frees_graph
         if grad_loss is None:
             return (None,) * num_inputs
         no_grads = (None,) * (num_inputs - 1)
-        if _may_overwrite_saved_grad(grad, grad_loss, ctx.forward_grad_output):
-            # Nobody else holds the saved gradient (the public functions never hand it to users), and autograd
-            # drops it after this backward: the result may live in it (and be handed out).
+        if may_overwrite and _may_overwrite_saved_grad(grad, grad_loss, ctx.forward_grad_output):
+            # Nobody else can read the forward's gradient, and autograd drops it after this backward: the result
+            # may live in it (and be handed out).
             if not (cpu_shortcut and _applies_nothing(grad_loss, grad_scale)):
                 apply_in_place_op(grad, grad_loss, grad_scale, ctx.reduction, class_dim_reduced)
             return (grad,) + no_grads
-        return (bwd_op(grad_loss, grad, grad_scale, ctx.reduction),) + no_grads
+        result = _refuse_double_backward(ctx, lambda: bwd_op(grad_loss, grad, grad_scale, ctx.reduction),
+                                         grad_loss, grad, grad_scale)
+        return (result,) + no_grads
 
     torch.library.register_autograd(f"{namespace}::{fwd_name}", backward, setup_context=setup_context)
 
@@ -147,10 +243,11 @@ def _register_library(namespace, cpu_shortcut):
     for name, (bwd_name, reduction_index, compute_grad_index, target_shaped) in FORWARD_OPS.items():
         torch.library.register_fake(f"{namespace}::{name}")(
             _fwd_fake(reduction_index, compute_grad_index, target_shaped))
-        num_inputs = len(getattr(library_ops, name).default._schema.arguments)
+        argument_names = [argument.name for argument in getattr(library_ops, name).default._schema.arguments]
         # the 'none' loss of target shape (softmax) is the one whose grad_output lacks the class dim
         _register_autograd(namespace, name, getattr(library_ops, bwd_name), library_ops.apply_grad_output_,
-                           target_shaped, reduction_index, compute_grad_index, num_inputs, cpu_shortcut)
+                           target_shaped, reduction_index, compute_grad_index, len(argument_names), cpu_shortcut,
+                           argument_names)
     return library_ops
 
 

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from ._ops import REDUCTIONS, opmath_dtype, ops_for
+from ._ops import REDUCTIONS, anchor_input, opmath_dtype, ops_for, supported_autograd_message
 
 Number = Union[int, float]
 
@@ -26,8 +26,48 @@ def _check_floating_input(value, name):
 
 def _reduction_code(reduction):
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of 'none', 'mean', 'sum', got {reduction!r}")
+        raise ValueError(f"Invalid reduction: expected one of 'none', 'mean', 'sum', got {reduction!r}")
     return REDUCTIONS[reduction]
+
+
+def _no_grad_required(value, name, what="tensor"):
+    """A tensor argument the losses are not differentiated with respect to must not require grad: its gradient
+    would otherwise be None (or 0) in silence."""
+    if isinstance(value, torch.Tensor) and value.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name}: expected a constant {what}, got one that requires grad (focal_cuda losses are "
+                         f"differentiated with respect to the input only, not {name}; pass {name}.detach())")
+
+
+def _check_autograd_mode(input, *others):
+    """Refuses, with a message a user can act on, the autograd modes the ops have no rule for: forward-mode AD
+    (dual tensors of torch.autograd.forward_ad, torch.func.jvp / jacfwd), the torch.func transforms that
+    differentiate (grad, vjp, jacrev, hessian), and vmap of a loss whose input requires grad. They would
+    otherwise give a missing tangent (None, or 0) in silence or a message about autograd.Function internals.
+    vmap of the loss value alone (nothing requires grad) works."""
+    if torch.compiler.is_compiling():
+        return  # torch.compile traces plain tensors (it has its own checks for what it cannot trace)
+    functorch = torch._C._functorch
+    tensors = [t for t in (input,) + others if isinstance(t, torch.Tensor)]
+    for t in tensors:
+        batched = False
+        while functorch.is_gradtrackingtensor(t) or functorch.is_batchedtensor(t):
+            if functorch.is_gradtrackingtensor(t):
+                raise RuntimeError("focal_cuda losses do not support the torch.func transforms that differentiate "
+                                   "(torch.func.grad, grad_and_value, vjp, jacrev, jvp, jacfwd, hessian); "
+                                   + supported_autograd_message())
+            batched = True
+            t = functorch.get_unwrapped(t)
+        if batched and t.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("focal_cuda losses do not support torch.func transforms with a gradient: "
+                               "torch.func.vmap of a loss whose input requires grad has no backward (vmap of "
+                               "the loss value alone works, e.g. under torch.no_grad()); "
+                               + supported_autograd_message())
+    if torch.autograd.forward_ad._current_level >= 0:
+        for t in tensors:
+            if torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+                raise RuntimeError("focal_cuda losses do not support forward-mode AD (dual tensors of "
+                                   "torch.autograd.forward_ad, torch.func.jvp / jacfwd); "
+                                   + supported_autograd_message())
 
 
 def _real_number(value, name):
@@ -71,16 +111,28 @@ def _binary_alpha(alpha):
     return _real_number(alpha, "alpha")
 
 
-def _normalizer(normalizer, input):
-    """None, a number, or a 0-dim tensor kept on the device (never read back to the host), in opmath."""
+def _normalizer(normalizer, input, code=None):
+    """None, a number, or a 0-dim tensor kept on the device (never read back to the host), in opmath; it is the
+    mean's denominator, so it goes with reduction='mean' only (checked when the reduction's `code` is given)."""
     if normalizer is None:
         return None
-    if isinstance(normalizer, torch.Tensor):  # its value is never read here: that would be a host sync
+    if code is not None and code != REDUCTIONS["mean"]:
+        reduction = next(name for name, value in REDUCTIONS.items() if value == code)
+        raise ValueError(f"normalizer: expected no normalizer with reduction={reduction!r} (the normalizer is the "
+                         f"denominator of reduction='mean' and is used with it only), got {_describe(normalizer)}")
+    if isinstance(normalizer, torch.Tensor):
+        _no_grad_required(normalizer, "normalizer")  # its value is never read here: that would be a host sync
         return normalizer.to(opmath_dtype(input.dtype)) if normalizer.is_floating_point() else normalizer
     value = _real_number(normalizer, "normalizer")
     if not value > 0:
         raise ValueError(f"normalizer: expected a number > 0 (the mean's denominator), got {value}")
     return torch.full((), value, dtype=opmath_dtype(input.dtype), device=input.device)
+
+
+def _describe(value):
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return repr(value)
 
 
 def _compute_grad(input):
@@ -100,6 +152,7 @@ def _softmax_alpha(alpha, input):
         if not (alpha.is_floating_point() or alpha.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
                                                               torch.uint8)):
             raise TypeError(f"alpha: expected a real-valued tensor of per-class weights, got {alpha.dtype}")
+        _no_grad_required(alpha, "alpha")
         return alpha.reshape(-1).to(opmath)  # a different device is reported by the op
     if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
         return torch.full((_num_classes(input),), _real_number(alpha, "alpha"), dtype=opmath, device=input.device)
@@ -115,6 +168,7 @@ def _elementwise_target(target, input):
     _check_tensor(target, "target")
     if target.is_complex():
         raise TypeError(f"target: expected a floating (dense) or integer (class index) tensor, got {target.dtype}")
+    _no_grad_required(target, "target")
     return target.to(input.dtype) if (target.is_floating_point() or target.dtype == torch.bool) else target.long()
 
 
@@ -231,14 +285,15 @@ def sigmoid_focal_loss(
     broadcastable to the input; poly_epsilon adds Poly-1's term a_t * eps * (1 - p_t)**(gamma + 1).
     """
     _check_floating_input(input, "input")
+    _check_autograd_mode(input, target, alpha, normalizer, weight)
     code = _reduction_code(reduction)
     target = _elementwise_target(target, input)
     alpha_value, class_alpha = _sigmoid_alpha(alpha, input)
     loss, _, _ = ops_for(input).sigmoid_focal_fwd(
         input, target, alpha_value, _gamma(gamma), code, _ignore_index(ignore_index),
-        _label_smoothing(label_smoothing), _normalizer(normalizer, input), _compute_grad(input),
+        _label_smoothing(label_smoothing), _normalizer(normalizer, input, code), _compute_grad(input),
         _elementwise_weight(weight, input), class_alpha, _real_number(poly_epsilon, "poly_epsilon"))
-    return loss
+    return anchor_input(loss, input)
 
 
 def softmax_focal_loss(
@@ -259,15 +314,16 @@ def softmax_focal_loss(
     each row's loss; poly_epsilon adds Poly-1's term."""
     _check_floating_input(input, "input")
     _check_tensor(target, "target")
+    _check_autograd_mode(input, target, alpha, normalizer, weight)
     code = _reduction_code(reduction)
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"target: expected integer class indices, got {target.dtype}")
     target = target.long()
     loss, _, _ = ops_for(input).softmax_focal_fwd(
         input, target, _softmax_alpha(alpha, input), _gamma(gamma), code, _ignore_index(ignore_index),
-        _label_smoothing(label_smoothing), _normalizer(normalizer, input), _compute_grad(input),
+        _label_smoothing(label_smoothing), _normalizer(normalizer, input, code), _compute_grad(input),
         _softmax_weight(weight, input, target), _real_number(poly_epsilon, "poly_epsilon"))
-    return loss
+    return anchor_input(loss, input)
 
 
 def binary_focal_loss(
@@ -283,12 +339,14 @@ def binary_focal_loss(
     (constant) multiplies each element's loss, as in sigmoid_focal_loss."""
     _check_floating_input(prob, "prob")
     _check_tensor(target, "target")
+    _check_autograd_mode(prob, target, weight)
     code = _reduction_code(reduction)
     if target.is_complex():
         raise TypeError(f"target: expected a real-valued tensor of the prob's shape, got {target.dtype}")
+    _no_grad_required(target, "target")
     loss, _, _ = ops_for(prob).binary_focal_fwd(prob, target.to(prob.dtype), _binary_alpha(alpha), _gamma(gamma), code,
                                                 _compute_grad(prob), _elementwise_weight(weight, prob))
-    return loss
+    return anchor_input(loss, prob)
 
 
 def varifocal_loss(
@@ -309,13 +367,14 @@ def varifocal_loss(
     target: dense q (input's shape), or class indices (shape input.shape[:-1]; C = background) with
     score (same shape) the q of the target class (1 when None)."""
     _check_floating_input(input, "input")
+    _check_autograd_mode(input, target, score, weight, normalizer)
     code = _reduction_code(reduction)
     target = _elementwise_target(target, input)
     loss, _, _ = ops_for(input).varifocal_fwd(
         input, target, _score(score, input), _real_number(alpha, "alpha"), _gamma(gamma),
-        _flag(iou_weighted, "iou_weighted"), code, _ignore_index(ignore_index), _normalizer(normalizer, input),
+        _flag(iou_weighted, "iou_weighted"), code, _ignore_index(ignore_index), _normalizer(normalizer, input, code),
         _compute_grad(input), _elementwise_weight(weight, input))
-    return loss
+    return anchor_input(loss, input)
 
 
 def quality_focal_loss(
@@ -332,12 +391,13 @@ def quality_focal_loss(
     """Quality focal loss (GFL; mmdet's formula) on logits: BCE(x, y) * |y - p|**beta, gradient through the
     factor; targets as in varifocal_loss."""
     _check_floating_input(input, "input")
+    _check_autograd_mode(input, target, score, weight, normalizer)
     code = _reduction_code(reduction)
     target = _elementwise_target(target, input)
     loss, _, _ = ops_for(input).quality_focal_fwd(
         input, target, _score(score, input), _non_negative(beta, "beta"), code, _ignore_index(ignore_index),
-        _normalizer(normalizer, input), _compute_grad(input), _elementwise_weight(weight, input))
-    return loss
+        _normalizer(normalizer, input, code), _compute_grad(input), _elementwise_weight(weight, input))
+    return anchor_input(loss, input)
 
 
 def asymmetric_loss(
@@ -360,6 +420,7 @@ def asymmetric_loss(
     detach_modulation treats the modulating factor as a constant in the gradient (the original's default).
     target: dense (input's shape) or class indices (shape input.shape[:-1]; C = background)."""
     _check_floating_input(input, "input")
+    _check_autograd_mode(input, target, weight, normalizer)
     code = _reduction_code(reduction)
     target = _elementwise_target(target, input)
     clip = _real_number(clip, "clip")
@@ -371,5 +432,5 @@ def asymmetric_loss(
     loss, _, _ = ops_for(input).asymmetric_fwd(
         input, target, _non_negative(gamma_pos, "gamma_pos"), _non_negative(gamma_neg, "gamma_neg"), clip, eps,
         _flag(detach_modulation, "detach_modulation"), code, _ignore_index(ignore_index),
-        _normalizer(normalizer, input), _compute_grad(input), _elementwise_weight(weight, input))
-    return loss
+        _normalizer(normalizer, input, code), _compute_grad(input), _elementwise_weight(weight, input))
+    return anchor_input(loss, input)

@@ -1,7 +1,7 @@
 """Backward memory: when autograd reads the forward's saved gradient no more (no retain_graph, no create_graph,
-nothing tracing), the backward applies grad_output in place over it (the apply_grad_output_ op), so a
-forward + backward holds one gradient-sized buffer, as F.cross_entropy does; otherwise it takes the
-out-of-place *_bwd op and leaves the saved gradient as it was.
+nothing tracing) and nobody else can (no saved_tensors_hooks, no alias of it), the backward applies grad_output
+in place over it (the apply_grad_output_ op), so a forward + backward holds one gradient-sized buffer, as
+F.cross_entropy does; otherwise it takes the out-of-place *_bwd op and leaves the saved gradient as it was.
 
 Each test states one behaviour, on the CPU kernels and on the emulated CUDA kernels (`backend`): gradients equal
 the out-of-place result exactly (same kernel, same rounding) and focal_cuda.reference within the tolerance table,
@@ -95,6 +95,14 @@ def saved_gradients(leaf):
         return tensor
 
     return torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), saved
+
+
+def forward_gradient(loss):
+    """The gradient the forward computed, as the loss's backward node keeps it (not saved for backward, so
+    neither grad_fn.saved_tensors nor a saved_tensors_hooks pack hook hands it out; focal_cuda._ops' ctx)."""
+    gradient = loss.grad_fn.focal_grad
+    assert gradient is not None, "the forward's gradient is not kept on the backward node"
+    return gradient
 
 
 def shares_storage(a, b):
@@ -192,24 +200,35 @@ def test_create_graph_gives_the_gradient_and_keeps_the_graph(case):
 
 def test_backward_writes_its_result_over_the_saved_gradient_when_the_graph_is_freed(case):
     leaf, grad_output = case.leaf(), case.grad_output()
+    loss = case.loss(leaf)
+    address = forward_gradient(loss).data_ptr()  # not a reference: holding one would be another reader
+    (grad,) = torch.autograd.grad(loss, leaf, grad_output)
+    assert grad.data_ptr() == address, "backward allocated a second gradient-sized buffer"
+
+
+def test_backward_leaves_alone_a_gradient_saved_under_saved_tensors_hooks(case):
+    # a pack hook may keep what the forward saves (where anyone can read it): then it is not written over
+    leaf, grad_output = case.leaf(), case.grad_output()
     hooks, saved = saved_gradients(leaf)
     with hooks:
         loss = case.loss(leaf)
     assert len(saved) == 1, f"expected the forward to save one gradient, found {len(saved)}"
+    saved_values = saved[0].clone()
     (grad,) = torch.autograd.grad(loss, leaf, grad_output)
-    assert shares_storage(grad, saved[0]), "backward allocated a second gradient-sized buffer"
+    assert not shares_storage(grad, saved[0]), "the gradient aliases the gradient a pack hook kept"
+    assert torch.equal(saved[0], saved_values), "backward changed the gradient a pack hook kept"
+    expect_gradient(grad, case, grad_output)
 
 
 @pytest.mark.parametrize("keep_graph", ["retain_graph", "create_graph"])
 def test_backward_leaves_the_saved_gradient_alone_while_the_graph_is_kept(case, keep_graph):
     leaf, grad_output = case.leaf(), case.grad_output()
-    hooks, saved = saved_gradients(leaf)
-    with hooks:
-        loss = case.loss(leaf)
-    saved_values = saved[0].clone()
+    loss = case.loss(leaf)
+    saved = forward_gradient(loss)
+    saved_values = saved.clone()
     (grad,) = torch.autograd.grad(loss, leaf, grad_output, **{keep_graph: True})
-    assert not shares_storage(grad, saved[0]), "the gradient aliases the saved gradient of a kept graph"
-    assert torch.equal(saved[0], saved_values), "backward changed the saved gradient of a kept graph"
+    assert not shares_storage(grad, saved), "the gradient aliases the saved gradient of a kept graph"
+    assert torch.equal(saved, saved_values), "backward changed the saved gradient of a kept graph"
 
 
 def test_backward_leaves_alone_a_gradient_output_the_forward_op_caller_holds(backend):

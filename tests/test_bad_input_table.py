@@ -117,6 +117,17 @@ rows = [
         lambda d, o: call(sigmoid, logits(d), probs(d), reduction="mean", normalizer=-2.5)),
     Row("sigmoid/normalizer-inf", ValueError, "normalizer",
         lambda d, o: call(sigmoid, logits(d), probs(d), reduction="mean", normalizer=inf)),
+    Row("sigmoid/target-requires-grad", ValueError, "target",
+        lambda d, o: call(sigmoid, logits(d), probs(d).requires_grad_(True))),
+    Row("sigmoid/normalizer-requires-grad", ValueError, "normalizer",
+        lambda d, o: call(sigmoid, logits(d), probs(d), reduction="mean",
+                          normalizer=torch.tensor(3.0, device=d, requires_grad=True))),
+    Row("sigmoid/alpha-tensor-requires-grad", ValueError, "alpha",
+        lambda d, o: call(sigmoid, logits(d), probs(d), alpha=torch.rand(3, device=d, requires_grad=True))),
+    Row("sigmoid/normalizer-with-reduction-sum", ValueError, "normalizer",
+        lambda d, o: call(sigmoid, logits(d), probs(d), reduction="sum", normalizer=4.0)),
+    Row("sigmoid/normalizer-with-reduction-none", ValueError, "normalizer",
+        lambda d, o: call(sigmoid, logits(d), probs(d), normalizer=torch.tensor(4.0, device=d))),
     Row("sigmoid/mixed-device-target", RuntimeError, "target",
         lambda d, o: call(sigmoid, logits(d), probs(o)), mixed_device=True),
     Row("sigmoid/mixed-device-class-index-target", RuntimeError, "target",
@@ -178,6 +189,12 @@ rows = [
         lambda d, o: call(softmax, logits(d), indices(d), normalizer=-inf)),
     Row("softmax/reduction-uppercase", ValueError, "reduction",
         lambda d, o: call(softmax, logits(d), indices(d), reduction="MEAN")),
+    Row("softmax/alpha-tensor-requires-grad", ValueError, "alpha",
+        lambda d, o: call(softmax, logits(d), indices(d), alpha=torch.rand(3, device=d, requires_grad=True))),
+    Row("softmax/normalizer-requires-grad", ValueError, "normalizer",
+        lambda d, o: call(softmax, logits(d), indices(d), normalizer=torch.tensor(3.0, device=d, requires_grad=True))),
+    Row("softmax/normalizer-with-reduction-sum", ValueError, "normalizer",
+        lambda d, o: call(softmax, logits(d), indices(d), reduction="sum", normalizer=4.0)),
     Row("softmax/reduction-int-code", ValueError, "reduction",
         lambda d, o: call(softmax, logits(d), indices(d), reduction=1)),
     Row("softmax/ignore-index-string", TypeError, "ignore_index",
@@ -195,6 +212,8 @@ rows = [
     Row("binary/gamma-inf", ValueError, "gamma", lambda d, o: call(binary, probs(d), probs(d), gamma=inf)),
     Row("binary/alpha-nan", ValueError, "alpha", lambda d, o: call(binary, probs(d), probs(d), alpha=nan)),
     Row("binary/alpha-list", TypeError, "alpha", lambda d, o: call(binary, probs(d), probs(d), alpha=[0.25])),
+    Row("binary/target-requires-grad", ValueError, "target",
+        lambda d, o: call(binary, probs(d), probs(d).requires_grad_(True))),
     Row("binary/reduction-none-object", ValueError, "reduction",
         lambda d, o: call(binary, probs(d), probs(d), reduction=None)),
     # like torch.nn.BCELoss on CPU (a device-side assert on CUDA: checking there would be a host sync)
@@ -247,6 +266,8 @@ rows = [
         lambda d, o: module(SigmoidFocalLoss, dict(alpha=nan), logits(d), probs(d))),
     Row("SigmoidFocalLoss/gamma-string", TypeError, "gamma",
         lambda d, o: module(SigmoidFocalLoss, dict(gamma="2"), logits(d), probs(d))),
+    Row("SigmoidFocalLoss/normalizer-with-reduction-sum", ValueError, "normalizer",
+        lambda d, o: module(SigmoidFocalLoss, dict(reduction="sum"), logits(d), probs(d), 4.0)),
     Row("SigmoidFocalLoss/reduction-unknown", ValueError, "reduction",
         lambda d, o: module(SigmoidFocalLoss, dict(reduction="avg"), logits(d), probs(d))),
     Row("SigmoidFocalLoss/ignore-index-float", TypeError, "ignore_index",
@@ -296,9 +317,11 @@ def test_bad_input_raises_a_clear_error_and_changes_nothing(row, device):
     other_device = "cuda" if device == "cpu" else "cpu"
     function, args, kwargs, constructor_tensors = row.build(device, other_device)
     tensors = [t for t in [*args, *kwargs.values(), *constructor_tensors] if isinstance(t, torch.Tensor)]
-    for tensor in tensors:
-        if tensor.is_floating_point():
-            tensor.requires_grad_(True)  # a failed call must not leave a gradient either
+    # a failed call must not leave a gradient either. Only the input may require grad: a target, alpha or
+    # normalizer that does is an error of its own (its rows in the table)
+    for tensor in [args[0], *constructor_tensors] if args else constructor_tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            tensor.requires_grad_(True)
     before = [snapshot(t) for t in tensors]
     versions = [t._version for t in tensors]
 
