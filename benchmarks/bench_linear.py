@@ -94,17 +94,22 @@ def peak_bytes(fn, x, W, t):
     return peak
 
 
-def measure(fn, x, W, t, warmup, reps):
-    for _ in range(warmup):
-        step(fn, x, W, t)
-    synchronize(x.device)
-    times = []
+def measure_interleaved(fns, x, W, t, warmup, reps):
+    """Times of each provider, the providers interleaved in every repetition (a load change on the machine hits
+    them alike)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            step(fn, x, W, t)
+    times = {name: [] for name in fns}
+    losses = {}
     for _ in range(reps):
-        start = time.perf_counter()
-        loss = step(fn, x, W, t)
-        synchronize(x.device)
-        times.append(time.perf_counter() - start)
-    return times, loss
+        for name, fn in fns.items():
+            synchronize(x.device)
+            start = time.perf_counter()
+            losses[name] = step(fn, x, W, t)
+            synchronize(x.device)
+            times[name].append(time.perf_counter() - start)
+    return times, losses
 
 
 def run(args):
@@ -122,30 +127,29 @@ def run(args):
         W = (torch.randn(C, H, generator=gen) / H ** 0.5).to(device, dtype).requires_grad_(True)
         t = torch.randint(0, C, (N,), generator=gen).to(device)
         grad_bytes = x.numel() * x.element_size() + W.numel() * W.element_size()
-        reference = None
+        fns = {}
         for name in args.providers:
-            fn = make_provider(name, C, args.chunk_size)
-            try:
-                times, loss = measure(fn, x, W, t, args.warmup, args.reps)
-                peak = peak_bytes(fn, x, W, t)
-            except (RuntimeError, MemoryError) as error:  # e.g. out of memory for the naive composition
-                print(f"# {preset} {name}: failed: {str(error).splitlines()[0]}")
-                continue
+            fns[name] = make_provider(name, C, args.chunk_size)
+        times, losses = measure_interleaved(fns, x, W, t, args.warmup, args.reps)
+        reference = None
+        for name, fn in fns.items():
+            peak = peak_bytes(fn, x, W, t)  # also leaves this provider's gradients in x.grad, W.grad
             grads = (x.grad.detach().clone(), W.grad.detach().clone())
+            loss = losses[name]
             if reference is None:
                 reference = (loss, grads)
             check = max((g - r).double().norm().item() / max(r.double().norm().item(), 1e-30)
                         for g, r in zip((loss.reshape(1),) + grads, (reference[0].reshape(1),) + reference[1]))
+            ts = times[name]
             rows.append(dict(preset=preset, provider=name, N=N, H=H, C=C, dtype=spec["dtype"], device=str(device),
-                             threads=torch.get_num_threads(), reps=len(times),
-                             median_s=statistics.median(times), min_s=min(times), max_s=max(times),
+                             threads=torch.get_num_threads(), reps=len(ts),
+                             median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts),
                              peak_mb=peak / 2**20, peak_beyond_grads_mb=(peak - grad_bytes) / 2**20,
                              rel_diff_vs_first=check))
             print(f"# {preset} {name}: median {rows[-1]['median_s']:.3f} s, peak {rows[-1]['peak_mb']:.0f} MB",
                   flush=True)
             x.grad = None
             W.grad = None
-            del fn
     return rows
 
 

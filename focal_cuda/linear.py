@@ -168,13 +168,20 @@ def _chunked_pass(x, weight, bias, target, alpha, gamma, reduction_code, ignore_
 
 
 def _scaled(grad, factor, dtype):
-    """grad * factor computed in opmath (factor: 0-dim opmath tensor, never rounded to bf16/fp16), as `dtype`."""
+    """grad * factor computed in opmath (factor: 0-dim opmath tensor, never rounded to bf16/fp16), as `dtype`.
+    A cast on the way goes one block of rows at a time: a multiply into a narrower `out` would otherwise take a
+    full-size opmath temporary (TensorIterator computes in the common dtype, then copies)."""
     if grad is None:
         return None
-    if grad.dtype != factor.dtype:
-        grad = grad.to(factor.dtype)  # a float32 copy of a bf16/fp16 grad_input (N x H, small beside N x C)
     out = torch.empty(grad.shape, dtype=dtype, device=grad.device)
-    return torch.mul(grad, factor, out=out)  # the cast to dtype happens at the store: no second full-size temp
+    if grad.dtype == factor.dtype == dtype:
+        return torch.mul(grad, factor, out=out)
+    rows = grad.reshape(grad.shape[0], -1) if grad.dim() else grad.reshape(1, 1)
+    out_rows = out.view(rows.shape)
+    step = max(1, (8 * 2**20) // (4 * max(1, rows.shape[1])))
+    for start in range(0, rows.shape[0], step):
+        out_rows[start:start + step] = rows[start:start + step].to(factor.dtype) * factor  # a block-sized temporary
+    return out
 
 
 class _LinearSoftmaxFocal(torch.autograd.Function):
@@ -237,9 +244,9 @@ class _LinearSoftmaxFocal(torch.autograd.Function):
                 _scaled(grad_bias, factor, bias_dtype)) + (None,) * 9
 
 
-_DOUBLE_BACKWARD = (b"linear_softmax_focal_loss supports first derivatives only: its gradients were formed in the "
-                    b"forward and cannot be differentiated again (double backward, create_graph=True). For a "
-                    b"gradient penalty, use softmax_focal_loss(F.linear(input, weight, bias), target, ...)")
+_DOUBLE_BACKWARD = (b"double backward of linear_softmax_focal_loss is not supported: its gradients are formed in the "
+                    b"forward (first derivatives only) and cannot be differentiated again (create_graph=True, "
+                    b"gradient penalties, MAML-style steps)")
 
 
 def _no_double_backward(grads):
@@ -263,8 +270,8 @@ def _check_no_forward_ad(*tensors):
     for t in tensors:
         if t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
             raise RuntimeError("linear_softmax_focal_loss does not support forward-mode AD (torch.autograd."
-                               "forward_ad, torch.func.jvp): it computes reverse-mode first derivatives only; use "
-                               "softmax_focal_loss(F.linear(input, weight, bias), target, ...) for forward mode")
+                               "forward_ad, torch.func.jvp / jacfwd): it computes reverse-mode first derivatives "
+                               "only (loss.backward(), torch.autograd.grad)")
 
 
 def _reduction(reduction):
