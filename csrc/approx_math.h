@@ -14,6 +14,7 @@
 
 #include <c10/macros/Macros.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -43,8 +44,18 @@ __device__ __forceinline__ float fma(float a, float b, float c) {
 
 #else
 
-// +1 or -1 from the input's bits: a fixed, input-dependent direction for the emulated error.
+// The direction of the emulated error: 0 hashed from the input's bits (errors cancel in a sum), +1 every result
+// moved up, -1 every result moved down (correlated errors, which reductions must survive too). Set by the
+// emulated library's approx_error_mode op (focal_cuda.testing.approx_math_error).
+inline std::atomic<int>& error_mode() {
+  static std::atomic<int> mode{0};
+  return mode;
+}
+
+// +1 or -1: the error's direction for input x.
 inline float error_sign(float x) {
+  const int mode = error_mode().load(std::memory_order_relaxed);
+  if (mode != 0) return mode > 0 ? 1.0f : -1.0f;
   uint32_t bits;
   std::memcpy(&bits, &x, sizeof bits);
   return ((bits ^ (bits >> 7)) & 1u) ? 1.0f : -1.0f;
@@ -74,9 +85,14 @@ constexpr float kLn2 = 0.6931471805599453f;
 C10_HOST_DEVICE inline float exp(float x) {
   return exp2(x * kLog2e);
 }
-// x * log2(e) rounds: about |x| 6e-8 relative error on top of ex2's (3e-6 at |x| = 50); the float tolerances
-// of the tests are 1e-4 relative.
+// x * log2(e) rounds: about |x| 6e-8 relative error on top of ex2's (3e-6 at |x| = 50).
+// log(x): near 1, where lg2.approx's 2**-22 absolute error would be all of the result, a 6-term series in the
+// exact difference x - 1 (|x - 1| < 1/16: 2e-8 relative); elsewhere |log x| > 0.06 and lg2's error is 2e-6 of it.
 C10_HOST_DEVICE inline float log(float x) {
+  const float d = x - 1.0f;  // exact for x in [0.5, 2]
+  if (d > -0.0625f && d < 0.0625f) {
+    return d * fma(d, fma(d, fma(d, fma(d, fma(d, -1.0f / 6.0f, 0.2f), -0.25f), 1.0f / 3.0f), -0.5f), 1.0f);
+  }
   return log2(x) * kLn2;
 }
 // e * P(e) for e in [0, 1]: 1.8e-7 relative (log1p_unit_coefficients.h). Not log2(1 + e): its 2**-22 absolute
@@ -105,10 +121,21 @@ C10_HOST_DEVICE inline float expm1(float x) {
   }
   return exp(x) - 1.0f;
 }
-// x**y for x in [0, 1] and y >= 0 (modulating factors): 2**(y log2 x); 0**0 = 1, 0**y = 0.
+// x**y for x in [0, 1] and y >= 0 (modulating factors): 2**(y log2 x) with x = m 2**e split exactly (m in [1, 2)),
+// so lg2's error is 2**-22 absolute on log2 m, not 2 ulp of a log2 x as large as 149; y e is carried as a rounded
+// product plus its exact fma error, and its integer part scales the result exactly. About 1e-6 relative for results
+// down to the smallest normal (exp2(y log2 x) in one piece: 3e-5 at a result of 1e-31).
 C10_HOST_DEVICE inline float pow(float x, float y) {
-  if (x > 0.0f) return exp2(y * log2(x));
-  return x == 0.0f ? (y == 0.0f ? 1.0f : 0.0f) : NAN;
+  if (!(x > 0.0f)) return x == 0.0f ? (y == 0.0f ? 1.0f : 0.0f) : NAN;
+  int e;
+  const float m = 2.0f * ::frexpf(x, &e);  // x = m 2**(e - 1), m in [1, 2)
+  const float exponent = static_cast<float>(e - 1);
+  const float ye = y * exponent;
+  const float ye_error = fma(y, exponent, -ye);  // exact
+  const float whole = ::rintf(ye);
+  const float fraction = (ye - whole) + (ye_error + y * log2(m));
+  if (whole < -300.0f) return 0.0f;
+  return ::ldexpf(exp2(fraction), static_cast<int>(whole));
 }
 
 }  // namespace focal::approx

@@ -78,8 +78,9 @@ C10_HOST_DEVICE inline double fm_pow(double x, double y) {
 }
 #else
 FOCAL_SCALAR_PRIMITIVES(float)
-C10_HOST_DEVICE inline float fm_pow(float x, float y) { return std::pow(x, y); }
-C10_HOST_DEVICE inline double fm_pow(double x, double y) { return std::pow(x, y); }
+// NaN**0 is NaN (libm's pow gives 1), as on the device: a NaN input reaches the loss on every backend.
+C10_HOST_DEVICE inline float fm_pow(float x, float y) { return x != x ? x : std::pow(x, y); }
+C10_HOST_DEVICE inline double fm_pow(double x, double y) { return x != x ? x : std::pow(x, y); }
 #endif
 FOCAL_SCALAR_PRIMITIVES(double)
 FOCAL_SELECT_PRIMITIVES(float)
@@ -128,11 +129,15 @@ C10_HOST_DEVICE inline T modulating_derivative(T u, T m, T gamma, T numer) {
 // p = sigmoid(x), q = 1 - p and the binary cross entropy of x against a soft target t, all without
 // cancellation: ce = t max(-x, 0) + (1 - t) max(x, 0) + log1p(exp(-|x|)) (max(x, 0) - t x + ... loses digits
 // for t near 1 at large |x|).
+// p - t (the gradient of ce) is formed from c, the target mass on the side the sign of x does not favour:
+// p - t = (1 - t) - sigmoid(-|x|) for x >= 0, not the rounded p minus t (which is 0 for t = 1 at x >= 17 in float).
 template <typename T>
 struct LogitTerms {
   T p;
   T q;
   T ce;
+  T p_minus_t;
+  T log1p_e;  // log1p(exp(-|x|)): -log sigmoid(|x|)
 };
 
 template <typename T>
@@ -142,9 +147,11 @@ C10_HOST_DEVICE inline LogitTerms<T> logit_terms(T x, T t) {
   const T big = fm_reciprocal(one + e);    // sigmoid(|x|)
   const T small = e * big;                 // sigmoid(-|x|)
   const auto x_nonneg = x >= zero;
+  const T c = fm_select(x_nonneg, one - t, t);
+  const T log1p_e = fm_log1p_unit(e);
   // t max(-x, 0) + (1 - t) max(x, 0) = |x| (1 - t) for x >= 0, |x| t below: one product, no cancellation.
-  return {fm_select(x_nonneg, big, small), fm_select(x_nonneg, small, big),
-          fm_abs(x) * fm_select(x_nonneg, one - t, t) + fm_log1p_unit(e)};
+  return {fm_select(x_nonneg, big, small), fm_select(x_nonneg, small, big), fm_abs(x) * c + log1p_e,
+          fm_select(x_nonneg, c - small, small - c), log1p_e};
 }
 
 // alpha enters as a_t = alpha_neg + alpha_diff * t (alpha_neg = 1 - alpha, alpha_diff = 2 alpha - 1;
@@ -183,8 +190,8 @@ C10_HOST_DEVICE inline void sigmoid_focal_point(T x, T t, AlphaWeight<T> alpha, 
   const T pq = big * small;
   // kPoly false (Poly-1's epsilon is 0): its terms are left out, not multiplied by 0.
   loss = a * m * (kPoly ? ce + poly * u : ce);
-  // p q / u is bounded: it tends to p (t = 1) or q (t = 0) as u -> 0.
-  const T dm_ce = ce * modulating_derivative<G>(u, m, gamma, pq);
+  // p q / u is bounded: it tends to p (t = 1) or q (t = 0) as u -> 0. gamma 0: no term (inf * 0 at x = +-inf).
+  const T dm_ce = G == 0 ? T(0) : ce * modulating_derivative<G>(u, m, gamma, pq);
   const T inner = m * (small - c) + fm_fma(T(-2), c, one) * (kPoly ? dm_ce + poly * (gamma + one) * m * pq : dm_ce);
   grad = fm_select(x_nonneg, -a, a) * inner;
 }
@@ -224,7 +231,9 @@ C10_HOST_DEVICE inline void varifocal_point(T x, T q, T alpha, T gamma, bool iou
   // gamma p**(gamma-1) p q formed as gamma p**gamma q: no p**(gamma-1) on its own for 0 < gamma < 1.
   const T dw = fm_select(positive, zero, alpha * modulating_derivative<G>(s.p, m, gamma, s.p * s.q));
   loss = w * s.ce;
-  grad = w * (s.p - q) + s.ce * dw;
+  // dw is 0 for positives and for gamma 0: no ce * 0 term there (NaN at infinite logits, where BCE's is finite).
+  grad = w * s.p_minus_t;
+  if (G != 0) grad = grad + fm_select(positive, zero, s.ce * dw);
 }
 
 // Quality focal loss (GFL; mmdet's formula): loss = ce(x, y) |y - p|**beta; the gradient flows through the
@@ -233,12 +242,13 @@ template <int G, typename T>
 C10_HOST_DEVICE inline void quality_focal_point(T x, T y, T beta, T& loss, T& grad) {
   const T zero(0), one(1);
   const LogitTerms<T> s = logit_terms(x, y);
-  const T d = s.p - y;
+  const T d = s.p_minus_t;
   const T abs_d = fm_abs(d);
   const T m = modulating_factor<G>(abs_d, beta);
   const T sign = fm_select(d > zero, one, fm_select(d < zero, zero - one, zero));
   loss = s.ce * m;
-  grad = m * d + s.ce * modulating_derivative<G>(abs_d, m, beta, sign * s.p * s.q);
+  grad = m * d;  // beta 0: no factor term (ce * 0 would be NaN at infinite logits)
+  if (G != 0) grad = grad + s.ce * modulating_derivative<G>(abs_d, m, beta, sign * s.p * s.q);
 }
 
 // Asymmetric loss (ASL, Ridnik et al. 2021; Alibaba-MIIL's code) for one logit and target t in [0, 1]:
@@ -251,6 +261,8 @@ struct AsymmetricParams {
   T gamma_neg;
   T clip;
   T eps;
+  T log_eps;     // log(eps), from the host's libm
+  bool has_clip;  // clip > 0
   bool detach;
 };
 
@@ -261,12 +273,21 @@ C10_HOST_DEVICE inline void asymmetric_point(T x, T t, const AsymmetricParams<T>
   const T shifted = s.q + prm.clip;
   const auto clipped = shifted >= one;  // p_neg saturates at 1: constant
   const T p_neg = fm_select(clipped, one, shifted);
-  const T log_pos = fm_log(fm_max(s.p, prm.eps));
-  const T log_neg = fm_log(fm_max(p_neg, prm.eps));
+  // log p and log q in the logit form (-log p = log1p(e^-|x|) + max(-x, 0)), not the log of a rounded sigmoid
+  // (17 % off at x = 15 in float); log max(v, eps) = max(log v, log eps).
+  const T log_pos = fm_max(zero - (s.log1p_e + fm_max(zero - x, zero)), prm.log_eps);
+  // p_neg = 1 + min(clip - p, 0): log1p of that exact-ish difference (log of a value near 1 loses its digits).
+  const T clip_minus_p = prm.clip - s.p;
+  const T log_neg = fm_max(prm.has_clip ? fm_log1p(fm_select(clip_minus_p < zero, clip_minus_p, zero))
+                                        : zero - (s.log1p_e + fm_max(x, zero)),
+                           prm.log_eps);
   const T pq = s.p * s.q;
-  // d log max(p, eps)/dx = q above eps; d log max(p_neg, eps)/dx = -p q / p_neg while p_neg moves and > eps.
-  const T dlog_pos = fm_select(s.p > prm.eps, s.q, zero);
-  const T dlog_neg = fm_select(clipped, zero, fm_select(p_neg > prm.eps, zero - pq / p_neg, zero));
+  // d log max(p, eps)/dx = q above eps; d log max(p_neg, eps)/dx = -p q / p_neg while p_neg moves and > eps (no
+  // clip: p_neg = q, -p; q's rounding to 1 is no clip).
+  // (selects written so that a NaN p takes the NaN branch on every backend)
+  const T dlog_pos = fm_select(s.p < prm.eps, zero, s.q);
+  const T dlog_neg = prm.has_clip ? fm_select(clipped, zero, fm_select(p_neg < prm.eps, zero, zero - pq / p_neg))
+                                  : fm_select(s.q < prm.eps, zero, zero - s.p);
   const T ce = zero - (t * log_pos + (one - t) * log_neg);
   const T dce = zero - (t * dlog_pos + (one - t) * dlog_neg);
   const T u = t * s.q + (one - t) * fm_max(s.p - prm.clip, zero);

@@ -7,6 +7,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
 namespace focal {
 namespace {
 
@@ -244,21 +248,45 @@ void check_binary_args(const at::Tensor& prob, const at::Tensor& target, int64_t
   check_dense_target(prob, target, "prob");
 }
 
+double grad_prescale(at::ScalarType dtype, double gradient_bound) {
+  if (dtype != at::kHalf || !(gradient_bound < 1e30)) return 1.0;
+  const int exponent = static_cast<int>(std::floor(13.0 - std::log2(std::max(gradient_bound, 1.0))));
+  return std::ldexp(1.0, std::clamp(exponent, 0, 13));
+}
+
+double elementwise_gradient_bound(ElementwiseLoss kind, const ElementwiseConstants& c) {
+  // (1 - p_t)**g ce has |d/dx| <= 1 + g max(p log(1/p)) <= 1 + g / e: 1 + g / 2 with margin.
+  const auto focal = [](double g) { return 1.0 + 0.5 * g; };
+  switch (kind) {
+    case ElementwiseLoss::kSigmoidFocal: {
+      const double alpha = c.alpha < 0 ? 1.0 : std::max({std::abs(c.alpha), std::abs(1.0 - c.alpha), 1.0});
+      return alpha * (focal(c.gamma) + 0.25 * std::abs(c.poly_epsilon) * (c.gamma + 1.0));
+    }
+    case ElementwiseLoss::kVarifocal: return std::max(1.0, std::abs(c.alpha)) * focal(c.gamma);
+    case ElementwiseLoss::kQualityFocal: return focal(c.gamma);
+    case ElementwiseLoss::kAsymmetric: return focal(std::max(c.gamma, c.gamma_neg));
+    case ElementwiseLoss::kBinaryFocal: break;  // d/dp of log p is unbounded
+  }
+  return std::numeric_limits<double>::infinity();
+}
+
+double softmax_gradient_bound(double gamma, double poly_epsilon) {
+  // q_j h_j and p_j sum_c q_c h_c, each at most the focal bound
+  return 2.0 * (1.0 + 0.5 * gamma + std::abs(poly_epsilon) * (gamma + 1.0));
+}
+
 LossGradScale finish_forward(const at::Tensor& input, const at::Tensor& loss_none, const at::Tensor& loss_sum,
                              const at::Tensor& count, const at::Tensor& grad,
-                             const std::optional<at::Tensor>& normalizer, int64_t reduction,
-                             bool grad_prescaled) {
+                             const std::optional<at::Tensor>& normalizer, int64_t reduction, double grad_scale) {
   const auto opmath = input.options().dtype(opmath_dtype(input));
   const at::Tensor grad_out = grad.defined() ? grad : at::empty({0}, input.options());
-  if (reduction == kNone) return {loss_none, grad_out, at::ones({}, opmath)};
-  if (reduction == kSum) return {loss_sum.to(input.scalar_type()), grad_out, at::ones({}, opmath)};
-  // kMean: divide by the normalizer, or by the count; a mean over nothing is 0 with a zero gradient.
+  const at::Tensor scale = at::scalar_tensor(grad_scale, opmath);
+  if (reduction == kNone) return {loss_none, grad_out, scale};
+  if (reduction == kSum) return {loss_sum.to(input.scalar_type()), grad_out, scale};
+  // kMean: divide by the normalizer, or by the count; a mean over nothing is 0.
   const at::Tensor denominator =
       normalizer.has_value() ? normalizer->to(opmath_dtype(input)) : count.to(opmath_dtype(input)).clamp_min(1);
-  at::Tensor inv_denominator = at::reciprocal(denominator);
-  if (!normalizer.has_value()) inv_denominator = at::where(count > 0, inv_denominator, at::zeros({}, opmath));
-  const at::Tensor loss = (loss_sum / denominator).to(input.scalar_type());
-  return {loss, grad_out, grad_prescaled ? at::ones({}, opmath) : inv_denominator};
+  return {(loss_sum / denominator).to(input.scalar_type()), grad_out, scale};
 }
 
 void check_backward_args(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
@@ -298,12 +326,15 @@ void check_backward_in_place_args(const at::Tensor& grad, const at::Tensor& grad
 namespace {
 
 // What the backward multiplies grad by: grad_output (its class dim broadcast for the softmax 'none' loss, whose
-// grad_output has the target's shape), or grad_output * grad_scale for 'mean'/'sum'.
+// grad_output has the target's shape), or grad_output * grad_scale for 'mean'/'sum'. An fp16 gradient carries a
+// prescale whose inverse is in grad_scale for 'none' too: the factor is then formed in float.
 at::Tensor grad_output_factor(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
                               int64_t reduction, bool class_dim_reduced) {
   if (reduction == kNone) {
     const bool batched = grad.dim() >= 2;
-    return class_dim_reduced && batched ? grad_output.unsqueeze(1) : grad_output;
+    const at::Tensor per_element = class_dim_reduced && batched ? grad_output.unsqueeze(1) : grad_output;
+    if (grad.scalar_type() != at::kHalf) return per_element;  // grad_scale is 1: no pass to form the factor
+    return per_element.to(grad_scale.scalar_type()) * grad_scale;
   }
   return grad_output.to(grad_scale.scalar_type()) * grad_scale;
 }
@@ -313,7 +344,9 @@ at::Tensor grad_output_factor(const at::Tensor& grad_output, const at::Tensor& g
 at::Tensor apply_grad_output(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
                              int64_t reduction, bool class_dim_reduced) {
   check_backward_args(grad_output, grad, grad_scale, reduction, class_dim_reduced);
-  return grad * grad_output_factor(grad_output, grad, grad_scale, reduction, class_dim_reduced);
+  // (the product takes grad's dtype: a 0-dim factor is read in opmath, a float factor of 'none' is cast back)
+  return (grad * grad_output_factor(grad_output, grad, grad_scale, reduction, class_dim_reduced))
+      .to(grad.scalar_type());
 }
 
 void apply_grad_output_(const at::Tensor& grad, const at::Tensor& grad_output, const at::Tensor& grad_scale,

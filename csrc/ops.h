@@ -97,13 +97,21 @@ struct ElementwiseOp<forward, make_call> {
 // float64 for double inputs, float32 otherwise: the dtype of the math, of alpha and of grad_scale.
 at::ScalarType opmath_dtype(const at::Tensor& input);
 
-// Finishes a forward pass from the kernel's per-element loss (reduction 'none') or its on-device loss
-// sum and counted elements (0-dim opmath tensors): returns (loss, grad, grad_scale). grad_prescaled: the
-// kernel already multiplied grad by the mean's 1/denominator, so grad_scale is 1.
+// Half-precision gradients survive the loss scale (design.md §2): the forward stores an fp16 gradient times a
+// power of two, the largest that keeps every unit-weight gradient below 2**13 (fp16's largest is 65504: room for
+// weights up to 8), and grad_scale carries its inverse in float, so a gradient below fp16's range is still a
+// normal fp16 when grad_output (a GradScaler's 2**15, a sum) arrives. 1 for other dtypes and for an unbounded
+// gradient. The bounds are of |d loss / d x| per element for unit weight and alpha in [0, 1].
+double grad_prescale(at::ScalarType dtype, double gradient_bound);
+double elementwise_gradient_bound(ElementwiseLoss kind, const ElementwiseConstants& constants);
+double softmax_gradient_bound(double gamma, double poly_epsilon);
+
+// Finishes a forward pass from the kernel's per-element loss (reduction 'none') or its loss sum and counted
+// elements (0-dim opmath tensors): returns (loss, grad, grad_scale) with grad_scale the factor backward applies
+// (the mean's 1/denominator unless the kernel folded it into grad, over the gradient's prescale).
 LossGradScale finish_forward(const at::Tensor& input, const at::Tensor& loss_none, const at::Tensor& loss_sum,
                              const at::Tensor& count, const at::Tensor& grad,
-                             const std::optional<at::Tensor>& normalizer, int64_t reduction,
-                             bool grad_prescaled = false);
+                             const std::optional<at::Tensor>& normalizer, int64_t reduction, double grad_scale);
 
 // The backward ops: grad * grad_output (grad_output broadcast over dim 1 when class_dim_reduced, i.e. the
 // softmax 'none' loss), or grad * (grad_output * grad_scale) for 'mean'/'sum'. One pass, no host read.

@@ -16,7 +16,7 @@ import torch
 
 from . import _ops
 
-__all__ = ["emulated_cuda", "emulation_available", "kernel_launches"]
+__all__ = ["approx_math_error", "emulated_cuda", "emulation_available", "kernel_launches"]
 
 _lock = threading.Lock()
 
@@ -57,6 +57,24 @@ def emulated_cuda(sm_count=None, *, reverse_schedule=False, workers=None):
         _ops._emulated_ops = None
         library.emulator_configure(previous[0], bool(previous[1]), previous[2])
         _lock.release()
+
+
+_APPROX_MODES = {"hashed": 0, "up": 1, "down": -1}
+
+
+@contextlib.contextmanager
+def approx_math_error(mode="hashed"):
+    """The direction of the emulated device approx-math error (ex2 / lg2 / rcp at their documented worst case)
+    while active: "hashed" (the default: a direction fixed by each input's bits, so errors cancel in a sum),
+    "up" or "down" (every result moved the same way: correlated errors, which do not cancel)."""
+    if mode not in _APPROX_MODES:
+        raise ValueError(f"mode: expected one of {sorted(_APPROX_MODES)}, got {mode!r}")
+    library = _ops.load_emulated()
+    previous = library.approx_error_mode(_APPROX_MODES[mode])
+    try:
+        yield
+    finally:
+        library.approx_error_mode(previous)
 
 
 def kernel_launches():

@@ -5,6 +5,7 @@ must be bitwise equal (a missing __syncthreads or an unordered reduction shows u
 float64 reference within the tolerance table. sm_count sizes the grids, so one-block and many-block
 reductions both run on small inputs.
 """
+import contextlib
 import os
 
 import pytest
@@ -381,3 +382,28 @@ def test_emulated_ops_pass_opcheck(loss, reduction):
                                                   code, True)
     with emulated_cuda():
         opcheck(op, args)
+
+
+@pytest.mark.parametrize("weight_form", ["row", "element"])
+def test_zero_weight_is_an_ordinary_weight_and_ignored_rows_are_zero(weight_form):
+    """A NaN logit under a user weight of 0 gives NaN (0 * NaN, as on CPU and in torch's formula); a NaN logit in an
+    ignored row gives 0 and 0. The kernels once replaced the logit by 0 wherever the weight was 0."""
+    x = torch.randn(6, 8)
+    x[2, 3] = float("nan")  # weight 0
+    x[4, 1] = float("nan")  # ignored row
+    target = torch.randint(0, 9, (6,))
+    target[4] = -100
+    weight = torch.ones(6) if weight_form == "row" else torch.ones(6, 8)
+    weight[2] = 0.0
+    results = []
+    for emulated in (False, True):
+        leaf = x.clone().requires_grad_(True)
+        context = emulated_cuda() if emulated else contextlib.nullcontext()
+        with context:
+            loss = focal_cuda.sigmoid_focal_loss(leaf, target, weight=weight, reduction="none")
+            (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        results.append((loss.detach(), grad))
+        assert loss[2, 3].isnan() and grad[2, 3].isnan(), "0 * NaN must be NaN"
+        assert (loss[4] == 0).all() and (grad[4] == 0).all(), "an ignored row is 0 and 0"
+    (cpu_loss, cpu_grad), (cuda_loss, cuda_grad) = results
+    assert torch.equal(cpu_loss.isnan(), cuda_loss.isnan()) and torch.equal(cpu_grad.isnan(), cuda_grad.isnan())

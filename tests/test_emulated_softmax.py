@@ -83,3 +83,20 @@ def test_spatial_other_dtypes(dtype):
     x = logits((2, 600, 33), dtype)
     t = softmax_index_target((2, 33), 600)
     check_emulated(focal_cuda.softmax_focal_loss, reference.softmax_focal_loss, x, t, reduction="sum")
+
+
+@pytest.mark.parametrize("mode", ["hashed", "up", "down"])
+@pytest.mark.parametrize("C", [2, 80, 1100])
+def test_confident_rows_under_device_approx_math(mode, C):
+    """Row [0, -d, ...], target 0: loss = log1p(sum exp(-d)). lg2.approx's 2**-22 near 1 once made the device loss
+    0.2 off at d = 14 and exactly 0 at d = 16; the log-sum is log1p of the non-max terms now."""
+    from focal_cuda.testing import approx_math_error
+    d = torch.arange(0, 17, dtype=torch.float32)
+    rows = torch.full((len(d), C), -40.0)
+    rows[:, 0] = 0.0
+    rows[:, 1] = -d
+    with emulated_cuda(), approx_math_error(mode):
+        loss = focal_cuda.softmax_focal_loss(rows, torch.zeros(len(d), dtype=torch.long), gamma=0.0,
+                                             reduction="none")
+    expected = torch.log1p(torch.exp(-d.double()) + (C - 2) * torch.exp(torch.tensor(-40.0, dtype=torch.float64)))
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=0)

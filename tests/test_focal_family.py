@@ -471,3 +471,26 @@ def test_bad_input(case):
     with pytest.raises(error, match=name):
         call(x, t)
     assert torch.equal(x.detach(), before)
+
+
+# ---- edges where the family once lost every digit (design.md §2; tests/test_edge_accuracy.py has the full grid) --
+
+
+def test_asymmetric_easy_positive_uses_the_logit_form(backend):
+    """t = 1 at x = 15: -log p = log1p(e^-15) = 3.06e-7. The log of the rounded float sigmoid is 17 % off."""
+    x = torch.tensor([12.0, 15.0, 20.0], requires_grad=True)
+    loss = focal_cuda.asymmetric_loss(x, torch.ones(3), gamma_pos=0.0, reduction="none")
+    expected = F.softplus(-x.detach().double())
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=0)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    torch.testing.assert_close(grad.double(), -torch.sigmoid(-x.detach().double()), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("name", ["varifocal_loss", "quality_focal_loss"])
+def test_target_one_at_large_logits_keeps_its_gradient(backend, name):
+    """q = 1 at x >= 17: the gradient is -(1 - p) = -sigmoid(-x), not 0 (1 - p taken from the rounded sigmoid)."""
+    x = torch.tensor([17.0, 19.0, 23.0], requires_grad=True)
+    kwargs = {"beta": 0.0} if name == "quality_focal_loss" else {}
+    loss = getattr(focal_cuda, name)(x, torch.ones(3), reduction="sum", **kwargs)
+    (grad,) = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(grad.double(), -torch.sigmoid(-x.detach().double()), rtol=1e-5, atol=0)

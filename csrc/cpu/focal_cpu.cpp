@@ -82,12 +82,25 @@ int64_t counted_targets(const at::Tensor& target, int64_t ignore_index) {
   return std::count_if(data, data + t.numel(), [&](int64_t v) { return v != ignore_index; });
 }
 
+// The factor the kernel multiplies the gradient by (args.grad_scale) and the grad_scale backward applies: the
+// mean's 1/denominator folded into the gradient, except for fp16, whose gradient carries its prescale instead
+// (1/N in fp16 would flush small gradients to 0 before a loss scale arrives) and whose grad_scale holds both.
+struct GradScales {
+  double kernel;
+  double backward;
+};
+GradScales grad_scales(const at::Tensor& input, double mean_scale, double gradient_bound) {
+  if (input.scalar_type() != at::kHalf) return {mean_scale, 1.0};
+  const double prescale = grad_prescale(input.scalar_type(), gradient_bound);
+  return {prescale, mean_scale / prescale};
+}
+
 LossGradScale finish(const cpu::ForwardArgs& args, const cpu::ForwardSums& sums,
-                     const std::optional<at::Tensor>& normalizer, int64_t reduction) {
+                     const std::optional<at::Tensor>& normalizer, int64_t reduction, double backward_scale) {
   const auto opmath = args.input.options().dtype(opmath_dtype(args.input));
   return finish_forward(args.input, args.loss_none, at::scalar_tensor(sums.loss_sum, opmath),
                         at::scalar_tensor(static_cast<double>(sums.count), opmath), args.grad, normalizer, reduction,
-                        /*grad_prescaled=*/true);
+                        backward_scale);
 }
 
 // prob must hold probabilities, as torch.nn.BCELoss requires on CPU: one read-only pass before any output is
@@ -118,13 +131,14 @@ LossGradScale elementwise_fwd_cpu(const ElementwiseCall& call) {
   if (call.score.has_value()) args.score = call.score->contiguous();
   if (call.weight.has_value()) args.weight = call.weight->contiguous();
   if (call.class_alpha.has_value()) args.class_alpha = call.class_alpha->contiguous();
-  args.grad_scale = mean_grad_scale(call.reduction, call.normalizer, [&] {
+  const GradScales scales = grad_scales(input, mean_grad_scale(call.reduction, call.normalizer, [&] {
     const int64_t C = input.dim() == 0 ? 1 : input.size(-1);
     return call.target.scalar_type() == at::kLong ? counted_targets(call.target, call.ignore_index) * C
                                                   : input.numel();
-  });
+  }), elementwise_gradient_bound(call.kind, call.constants));
+  args.grad_scale = scales.kernel;
   const auto sums = FOCAL_CPU_KERNEL(elementwise_forward, args, cpu::ElementwiseLossArgs{call.kind, call.constants});
-  return finish(args, sums, call.normalizer, call.reduction);
+  return finish(args, sums, call.normalizer, call.reduction, scales.backward);
 }
 
 LossGradScale softmax_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& target,
@@ -140,10 +154,13 @@ LossGradScale softmax_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& t
   args.gamma = gamma;
   args.label_smoothing = label_smoothing;
   args.ignore_index = ignore_index;
-  args.grad_scale = mean_grad_scale(reduction, normalizer, [&] { return counted_targets(target, ignore_index); });
+  const GradScales scales =
+      grad_scales(input, mean_grad_scale(reduction, normalizer, [&] { return counted_targets(target, ignore_index); }),
+                  softmax_gradient_bound(gamma, poly_epsilon));
+  args.grad_scale = scales.kernel;
   const at::Tensor alpha_c = alpha.has_value() ? alpha->contiguous() : at::Tensor();
   const auto sums = FOCAL_CPU_KERNEL(softmax_focal_forward, args, alpha_c);
-  return finish(args, sums, normalizer, reduction);
+  return finish(args, sums, normalizer, reduction, scales.backward);
 }
 
 

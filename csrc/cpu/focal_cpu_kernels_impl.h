@@ -256,7 +256,9 @@ ForwardSums elementwise_rows_forward(const ForwardArgs& args, const Point& point
     scalar_t* grad_row = grad ? grad + r * C : nullptr;
     const Vec target_id(static_cast<op_t>(tgt)), q(score ? static_cast<op_t>(score[r]) : op_t(1));
     const auto target_at = [&](int64_t j, int64_t cnt) {
-      return index_target ? onehot_from(j, target_id) * q : load_opmath(dense_target + r * C + j, cnt);
+      // a select, not onehot * q: a NaN / inf score is the target class's value only (0 * NaN would spread it)
+      return index_target ? fm_select(onehot_from(j, target_id) != Vec(0), q, Vec(0))
+                          : load_opmath(dense_target + r * C + j, cnt);
     };
     const auto weight_at = [&](int64_t j, int64_t cnt) {
       switch (args.weight_mode) {
@@ -317,7 +319,8 @@ ForwardSums elementwise_forward_typed(const ForwardArgs& args, const Elementwise
   const Vec gamma(static_cast<op_t>(c.gamma));
   if (la.kind == ElementwiseLoss::kAsymmetric) {
     const AsymmetricParams<Vec> prm{gamma, Vec(static_cast<op_t>(c.gamma_neg)), Vec(static_cast<op_t>(c.clip)),
-                                    Vec(static_cast<op_t>(c.eps)), c.detach_modulation};
+                                    Vec(static_cast<op_t>(c.eps)), Vec(static_cast<op_t>(std::log(c.eps))),
+                                    c.clip > 0, c.detach_modulation};
     return elementwise_traverse<scalar_t>(args, [&](const Vec& x, const Vec& t, int64_t, int64_t, Vec& l, Vec& g) {
       asymmetric_point(x, t, prm, l, g);
     });
@@ -325,6 +328,7 @@ ForwardSums elementwise_forward_typed(const ForwardArgs& args, const Elementwise
   const auto alpha = AlphaWeight<Vec>::from(c.alpha);
   const op_t* class_alpha = args.class_alpha.defined() ? args.class_alpha.data_ptr<op_t>() : nullptr;
   const Vec smoothing(static_cast<op_t>(c.label_smoothing)), poly(static_cast<op_t>(c.poly_epsilon));
+  const bool has_poly = c.poly_epsilon != 0.0;
   const Vec varifocal_alpha(static_cast<op_t>(c.alpha));
   return dispatch_gamma(c.gamma, [&](auto gamma_tag) {
     constexpr int G = decltype(gamma_tag)::value;
@@ -337,7 +341,12 @@ ForwardSums elementwise_forward_typed(const ForwardArgs& args, const Elementwise
             const Vec ac = Vec::loadu(class_alpha + j, cnt);
             a = AlphaWeight<Vec>{Vec(1) - ac, Vec(2) * ac - Vec(1)};
           }
-          sigmoid_focal_point<G>(x, smooth_binary_target(t, smoothing), a, gamma, l, g, poly);
+          // Poly-1's terms only when its epsilon is nonzero (as the CUDA kernels): 0 * an infinite term is NaN
+          if (has_poly) {
+            sigmoid_focal_point<G, true>(x, smooth_binary_target(t, smoothing), a, gamma, l, g, poly);
+          } else {
+            sigmoid_focal_point<G, false>(x, smooth_binary_target(t, smoothing), a, gamma, l, g, poly);
+          }
         });
       case ElementwiseLoss::kBinaryFocal:
         return elementwise_traverse<scalar_t>(args, [&](const Vec& p, const Vec& t, int64_t, int64_t, Vec& l, Vec& g) {
@@ -402,15 +411,32 @@ struct LaneTargets {
   Vec weights() const { return Vec::loadu(weight); }
 };
 
+// A row's sum of exp(x - max) as its excess over 1, sum - 1 = below + (ties - 1) with `below` the sum over the
+// values under the max and `ties` the count at it: log_sum = log1p(excess) keeps every digit of a confident
+// row's loss, where log(sum) of a sum near 1 loses them (F.cross_entropy: 3.5e-3 off at a margin of 14 in float).
+template <typename Vec>
+inline void add_below_max(const Vec& x, const Vec& row_max, const Vec& e, Vec& below, Vec& ties, int64_t cnt) {
+  const auto at_max = x == row_max;
+  below += Vec::set(Vec(0), Vec::blendv(e, Vec(0), at_max), cnt);
+  ties += Vec::set(Vec(0), Vec::blendv(Vec(0), Vec(1), at_max), cnt);
+}
+template <typename Vec>
+inline Vec softmax_excess(const Vec& below, const Vec& ties) {
+  return below + (ties - Vec(1));
+}
+
 // Loss and gradient coefficients of up to Vec::size() softmax rows or positions (lane k = one of them), from
 // their row max, sum of exp(x - max) and targets. Hard targets: grad_c = coeff (p_c - [c == t]); smoothed:
 // loss and coeff come from the per-class terms the caller adds up (see softmax_rows_forward).
+// target_pm1: p_t - 1 as expm1(log p_t), exact where p_t is near 1 (p_t - 1 of the rounded p_t cancels).
 template <int G, typename Vec>
 inline void softmax_hard_target_lanes(const LaneTargets<Vec>& lanes, const Vec& row_max, const Vec& log_sum,
-                                      const Vec& gamma, const Vec& poly, const Vec& grad_scale, Vec& loss, Vec& coeff) {
+                                      const Vec& gamma, const Vec& poly, const Vec& grad_scale, Vec& loss, Vec& coeff,
+                                      Vec& target_pm1) {
   Vec weighted_logp, h;
-  softmax_focal_class_terms<G>(log_softmax_value(Vec::loadu(lanes.x_t), row_max, log_sum), Vec::loadu(lanes.alpha),
-                               gamma, weighted_logp, h, poly);
+  const Vec logp_t = log_softmax_value(Vec::loadu(lanes.x_t), row_max, log_sum);
+  target_pm1 = logp_t.expm1();
+  softmax_focal_class_terms<G>(logp_t, Vec::loadu(lanes.alpha), gamma, weighted_logp, h, poly);
   const auto valid = lanes.valid_mask();
   const Vec w = lanes.weights();
   loss = fm_select(valid, (Vec(0) - weighted_logp) * w, Vec(0));
@@ -459,13 +485,14 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
     __at_align__ op_t max_of[L];
     row_max.store(max_of);
 
-    // exp(x - max), kept for the gradient, and the row sums
-    for (int64_t i = 0; i < L; ++i) partial[i] = Vec(0);
+    // exp(x - max), kept for the gradient, and each row's excess (softmax_excess)
+    Vec tie_partial[L];
+    for (int64_t i = 0; i < L; ++i) partial[i] = tie_partial[i] = Vec(0);
     for (int64_t i = 0; i < n; ++i) {
       const scalar_t* row = x + i * C;
       op_t* e_row = shifted_exp + i * C;
       const Vec m(max_of[i]);
-      Vec s(0);
+      Vec s(0), ties(0);
       for (int64_t j = 0; j < full_end; j += L) {
         // the next group's logits and gradient: their DRAM traffic overlaps this group's arithmetic
         prefetch_ahead(row + n * C + j - kPrefetchBytes / static_cast<int64_t>(sizeof(scalar_t)));
@@ -473,32 +500,37 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
           prefetch_ahead(grad_all + (r0 + i + n) * C + j - kPrefetchBytes / static_cast<int64_t>(sizeof(scalar_t)),
                          /*write=*/true);
         }
-        const Vec e = (load_full(row + j) - m).exp();
+        const Vec xv = load_full(row + j);
+        const Vec e = (xv - m).exp();
         e.store(e_row + j);
-        s += e;
+        add_below_max(xv, m, e, s, ties, L);
       }
       if (full_end < C) {
         const int64_t cnt = C - full_end;
-        const Vec e = Vec::set(Vec(0), (load_opmath(row + full_end, cnt) - m).exp(), cnt);
+        const Vec xv = load_opmath(row + full_end, cnt);
+        const Vec e = Vec::set(Vec(0), (xv - m).exp(), cnt);
         e.store(e_row + full_end, cnt);
-        s += e;
+        add_below_max(xv, m, e, s, ties, cnt);
       }
       partial[i] = s;
+      tie_partial[i] = ties;
     }
-    const Vec sum_exp = reduce_each(partial, add_op);
-    const Vec log_sum = sum_exp.log();
+    const Vec excess = softmax_excess(reduce_each(partial, add_op), reduce_each(tie_partial, add_op));
+    const Vec log_sum = excess.log1p();
     __at_align__ op_t inv_sum_of[L];
-    (Vec(1) / sum_exp).store(inv_sum_of);
+    (Vec(1) / (Vec(1) + excess)).store(inv_sum_of);
 
     const LaneTargets<Vec> lanes(n, args.ignore_index, alpha, row_weight, r0, [&](int64_t i) { return tgt[i]; },
                                  [&](int64_t i, int64_t c) { return static_cast<op_t>(x[i * C + c]); });
     Vec row_loss;
     __at_align__ op_t coeff_of[L];  // hard targets: h_t * grad_scale (0 for ignored rows)
+    __at_align__ op_t target_pm1_of[L];  // hard targets: p_t - 1
     op_t* class_qh = nullptr;       // smoothed targets: q_c h_c per class, row after row
     if (!smoothing) {
-      Vec coeff;
-      softmax_hard_target_lanes<G>(lanes, row_max, log_sum, gamma, poly, grad_scale, row_loss, coeff);
+      Vec coeff, target_pm1;
+      softmax_hard_target_lanes<G>(lanes, row_max, log_sum, gamma, poly, grad_scale, row_loss, coeff, target_pm1);
       coeff.store(coeff_of);
+      target_pm1.store(target_pm1_of);
     } else {
       // Every class contributes: loss_row = -sum_c q_c w_c, grad_j = (p_j sum_c q_c h_c - q_j h_j) * scale.
       if (grad_all != nullptr) class_qh = scratch<op_t, 1>(n * C);
@@ -529,16 +561,24 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
     if (grad_all != nullptr) {
       for (int64_t i = 0; i < n; ++i) {
         scalar_t* grad = grad_all + (r0 + i) * C;
+        if (lanes.valid[i] == op_t(0)) {  // ignored rows: 0 whatever their logits hold (NaN included)
+          std::fill_n(grad, C, scalar_t(0));
+          continue;
+        }
         const op_t* e_row = shifted_exp + i * C;
         const Vec coeff(coeff_of[i]), inv_sum(inv_sum_of[i]), target_id(lanes.id[i]);
-        // ignored rows: coeff = 0 and scale 0 below, so their gradient is 0 (p and q h are finite)
-        const Vec scale = lanes.valid[i] != op_t(0) ? grad_scale * Vec(lanes.weight[i]) : Vec(0);
+        const Vec scale = grad_scale * Vec(lanes.weight[i]);
         for (int64_t j = 0; j < C; j += L) {
           const int64_t cnt = std::min<int64_t>(L, C - j);
           const Vec p = Vec::loadu(e_row + j, cnt) * inv_sum;
           const Vec g = class_qh == nullptr ? coeff * (p - onehot_from(j, target_id))
                                             : (p * coeff - Vec::loadu(class_qh + i * C + j, cnt)) * scale;
           store_opmath(g, grad + j, cnt);
+        }
+        // the target's p_t - 1 from expm1(log p_t): exact near p_t = 1, where p_t - 1 cancels
+        if (class_qh == nullptr) {
+          const int64_t t = static_cast<int64_t>(lanes.id[i]);
+          grad[t] = static_cast<scalar_t>(coeff_of[i] * target_pm1_of[i]);
         }
       }
     }
@@ -588,8 +628,8 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
     op_t* shifted_exp = scratch<op_t, 0>(C * chunk);  // [c][position]
     op_t* class_qh = smoothing && grad_all ? scratch<op_t, 1>(C * chunk) : nullptr;
 
-    Vec vmax[kMaxVecs], vsum[kMaxVecs];
-    for (int64_t v = 0; v < vecs; ++v) vmax[v] = Vec(neg_inf), vsum[v] = Vec(0);
+    Vec vmax[kMaxVecs], vsum[kMaxVecs], vties[kMaxVecs];
+    for (int64_t v = 0; v < vecs; ++v) vmax[v] = Vec(neg_inf), vsum[v] = vties[v] = Vec(0);
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t v = 0; v < vecs; ++v) vmax[v] = at::vec::maximum(vmax[v], load_at(c, v));
     }
@@ -599,14 +639,16 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
         const int64_t next = c * S + chunk + v * L - kPrefetchBytes / static_cast<int64_t>(sizeof(scalar_t));
         prefetch_ahead(x + next);
         if (grad_all != nullptr) prefetch_ahead(grad_all + n * C * S + s_begin + next, /*write=*/true);
-        const Vec e = (load_at(c, v) - vmax[v]).exp();
+        const Vec xv = load_at(c, v);
+        const Vec e = (xv - vmax[v]).exp();
         e.store(shifted_exp + c * chunk + v * L);
-        vsum[v] += e;
+        add_below_max(xv, vmax[v], e, vsum[v], vties[v], L);  // lanes past the chunk are never read
       }
     }
 
     // per vector of positions: targets, loss, gradient coefficients
-    Vec coeff[kMaxVecs], scale[kMaxVecs], target_id[kMaxVecs], inv_sum[kMaxVecs];
+    Vec coeff[kMaxVecs], scale[kMaxVecs], target_id[kMaxVecs], inv_sum[kMaxVecs], valid_of[kMaxVecs];
+    Vec target_pm1[kMaxVecs];  // hard targets: p_t - 1
     Vec loss_acc(0);
     for (int64_t v = 0; v < vecs; ++v) {
       const int64_t cnt = std::min(L, len - v * L);
@@ -619,13 +661,16 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
         return tgt;
       }, [&](int64_t k, int64_t c) { return static_cast<op_t>(x[c * S + v * L + k]); });
       for (int64_t k = 0; k < cnt; ++k) sums.count += lanes.valid[k] != op_t(0);
-      const Vec log_sum = vsum[v].log();
-      inv_sum[v] = Vec(1) / vsum[v];
+      const Vec excess = softmax_excess(vsum[v], vties[v]);
+      const Vec log_sum = excess.log1p();
+      inv_sum[v] = Vec(1) / (Vec(1) + excess);
       target_id[v] = Vec::loadu(lanes.id);
+      valid_of[v] = Vec::loadu(lanes.valid);
       const auto valid = lanes.valid_mask();
       Vec lane_loss;
       if (!smoothing) {
-        softmax_hard_target_lanes<G>(lanes, vmax[v], log_sum, gamma, poly, grad_scale, lane_loss, coeff[v]);
+        softmax_hard_target_lanes<G>(lanes, vmax[v], log_sum, gamma, poly, grad_scale, lane_loss, coeff[v],
+                                     target_pm1[v]);
       } else {
         Vec loss_sum(0), qh_sum(0);
         for (int64_t c = 0; c < C; ++c) {
@@ -653,10 +698,12 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
         for (int64_t v = 0; v < vecs; ++v) {
           const int64_t cnt = std::min(L, len - v * L);
           const Vec p = Vec::loadu(shifted_exp + c * chunk + v * L) * inv_sum[v];
-          const Vec g = class_qh == nullptr
-                            ? coeff[v] * (p - onehot(class_id, target_id[v]))
-                            : fm_select(scale[v] != Vec(0),
-                                        (p * coeff[v] - Vec::loadu(class_qh + c * chunk + v * L)) * scale[v], Vec(0));
+          // ignored positions: 0 whatever their logits hold (a select: NaN * 0 would be NaN)
+          const Vec g = fm_select(valid_of[v] != Vec(0),
+                                  class_qh == nullptr
+                                      ? coeff[v] * fm_select(class_id == target_id[v], target_pm1[v], p)
+                                      : (p * coeff[v] - Vec::loadu(class_qh + c * chunk + v * L)) * scale[v],
+                                  Vec(0));
           store_opmath(g, grad + c * S + v * L, cnt);
         }
       }

@@ -33,7 +33,7 @@ FOCAL_VEC_PRIMITIVES(double)
 #undef FOCAL_VEC_PRIMITIVES
 
 inline at::vec::Vectorized<double> fm_pow(const at::vec::Vectorized<double>& x, const at::vec::Vectorized<double>& y) {
-  return x.pow(y);
+  return fm_select(x != x, x, x.pow(y));  // NaN**0 is NaN here, as on the device (libm's pow gives 1)
 }
 inline at::vec::Vectorized<double> fm_log1p_unit(const at::vec::Vectorized<double>& e) { return e.log1p(); }
 

@@ -102,7 +102,15 @@ struct ElementwiseInputs {
   int64_t C;
   int64_t ignore_index;
   bool vectorized;  // 16-byte aligned pointers, and C >= the vector width unless Layout::kDense
+  op_t grad_prescale;  // fp16: the power of two the stored gradient carries (ReductionBuffers::grad_prescale)
 };
+
+// The gradient as stored: fp16 carries grad_prescale (gradients below fp16's range survive the loss scale).
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t stored_grad(opmath_t<scalar_t> g, opmath_t<scalar_t> grad_prescale) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) g *= grad_prescale;
+  return static_cast<scalar_t>(g);
+}
 
 // (row, col) of an element of the (rows, C) input, moved forward by a fixed step without a division.
 struct RowCursor {
@@ -169,7 +177,7 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
       point.template apply<false>(static_cast<op_t>(xs[k]), static_cast<op_t>(ts[k]), 0, l, g);
       acc += l;
       ls[k] = static_cast<scalar_t>(l);
-      gs[k] = static_cast<scalar_t>(g);
+      gs[k] = stored_grad<scalar_t>(g, in.grad_prescale);
     }
     return 0;
   } else {
@@ -187,22 +195,25 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
                      : k == second.positive ? second.q
                                             : op_t(0);
       op_t w = next_row ? second.weight : first.weight;
+      const bool counted = next_row ? second.counted : first.counted;
       int64_t col = 0;
       if constexpr (L == Layout::kGeneral) {
         col = next_row ? cur.col + k - in.C : cur.col + k;
-        // w is 0 for an ignored row, else 1 (no row weight in this mode): ignored rows stay ignored.
-        if (in.weight_mode == WeightMode::kClass) w *= in.weight[col];
-        if (in.weight_mode == WeightMode::kElement) w *= in.weight[base + k];
+        // w is 0 for an ignored row, else 1 (no row weight in this mode): ignored rows stay 0 whatever their
+        // weights hold.
+        if (in.weight_mode == WeightMode::kClass && counted) w *= in.weight[col];
+        if (in.weight_mode == WeightMode::kElement && counted) w *= in.weight[base + k];
       }
-      // Ignored rows (weight 0): x = 0 keeps their zero-weighted terms finite whatever the logits hold.
-      const op_t x = w != op_t(0) ? static_cast<op_t>(xs[k]) : op_t(0);
+      // Ignored rows (weight 0): x = 0 keeps their zero-weighted terms finite whatever the logits hold. A user's
+      // weight of 0 is an ordinary weight (0 * NaN = NaN, as loss * weight).
+      const op_t x = counted ? static_cast<op_t>(xs[k]) : op_t(0);
       op_t l, g;
       point.template apply<L == Layout::kGeneral>(x, t, col, l, g);
       l *= w;
       g *= w;
       acc += l;
       ls[k] = static_cast<scalar_t>(l);
-      gs[k] = static_cast<scalar_t>(g);
+      gs[k] = stored_grad<scalar_t>(g, in.grad_prescale);
     }
     if (!index) return 0;
     return (first.counted ? split : 0) + (second.counted ? W - split : 0);
@@ -284,7 +295,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   // The scale is applied in opmath: 1/count rounded to fp16 would be subnormal or 0 for large means.
-  const op_t factor = reduced ? static_cast<op_t>(grad_output[0]) * *grad_scale : op_t(1);
+  const op_t factor = reduced ? static_cast<op_t>(grad_output[0]) * *grad_scale : *grad_scale;
   int64_t tail_begin = 0;
   if (reduced && is_vector_aligned(grad) && is_vector_aligned(out)) {
     const int64_t n_vec = n / V;
@@ -301,7 +312,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = tail_begin + tid; i < n; i += stride) {
     op_t go = factor;
     if (!reduced) {
-      go = static_cast<op_t>(classes > 0 ? grad_output[(i / row_elements) * spatial + i % spatial] : grad_output[i]);
+      go *= static_cast<op_t>(classes > 0 ? grad_output[(i / row_elements) * spatial + i % spatial] : grad_output[i]);
     }
     out[i] = static_cast<scalar_t>(static_cast<op_t>(grad[i]) * go);
   }
@@ -336,6 +347,7 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     in.n = p.numel;
     in.C = p.classes < 1 ? 1 : p.classes;
     in.ignore_index = p.ignore_index;
+    in.grad_prescale = static_cast<op_t>(p.reduce.grad_prescale);
     const bool per_element_reads =
         p.class_alpha != nullptr || in.weight_mode == WeightMode::kClass || in.weight_mode == WeightMode::kElement;
     const Layout layout = per_element_reads                        ? Layout::kGeneral
@@ -372,7 +384,8 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     const op_t gamma = static_cast<op_t>(c.gamma);
     if (p.loss_kind == ElementwiseLoss::kAsymmetric) {
       launch(AsymmetricPoint<op_t>{{gamma, static_cast<op_t>(c.gamma_neg), static_cast<op_t>(c.clip),
-                                    static_cast<op_t>(c.eps), c.detach_modulation}});
+                                    static_cast<op_t>(c.eps), static_cast<op_t>(std::log(c.eps)), c.clip > 0,
+                                    c.detach_modulation}});
       return;
     }
     dispatch_gamma(c.gamma, [&](auto gamma_tag) {

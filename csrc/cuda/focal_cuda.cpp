@@ -133,6 +133,7 @@ LossGradScale elementwise_fwd_cuda(const ElementwiseCall& call) {
   p.classes = x.dim() == 0 ? 1 : x.size(-1);
   p.ignore_index = call.ignore_index;
   p.reduce = out.buffers(call.reduction, stream);
+  p.reduce.grad_prescale = grad_prescale(x.scalar_type(), elementwise_gradient_bound(call.kind, call.constants));
   cuda::launch_elementwise_forward(p, device_index(x), stream);
   return {out.loss, out.grad, out.grad_scale};
 }
@@ -173,6 +174,7 @@ LossGradScale softmax_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& 
   p.label_smoothing = label_smoothing;
   p.ignore_index = ignore_index;
   p.reduce = out.buffers(reduction, stream);
+  p.reduce.grad_prescale = grad_prescale(x.scalar_type(), softmax_gradient_bound(gamma, poly_epsilon));
   cuda::launch_softmax_forward(p, device_index(x), stream);
   return {out.loss, out.grad, out.grad_scale};
 }

@@ -22,7 +22,9 @@ struct ReductionBuffers {
   int64_t fixed_count = -1;        // >= 0: the mean's count is this (dense losses count every element)
   const void* normalizer = nullptr;  // opmath scalar replacing the mean's count, or null
   void* loss = nullptr;              // reduced loss: input-dtype scalar ('mean' / 'sum')
-  void* grad_scale = nullptr;        // opmath scalar, always written: 1/denominator for 'mean', else 1
+  void* grad_scale = nullptr;        // opmath scalar, always written: 1/denominator for 'mean', else 1; over
+                                     // grad_prescale
+  double grad_prescale = 1.0;        // a power of two the stored gradient carries (fp16: see half_grad_prescale)
 };
 
 // Elementwise losses (ElementwiseLoss, WeightMode: focal_math.h): one traversal, one point function each.
@@ -83,7 +85,7 @@ struct BackwardParams {
   c10::ScalarType dtype = c10::ScalarType::Float;
   const void* grad = nullptr;
   const void* grad_output = nullptr;
-  const void* grad_scale = nullptr;  // opmath scalar; read for 'mean'/'sum'
+  const void* grad_scale = nullptr;  // opmath scalar (with 'none' too: 1 / the forward's grad_prescale)
   void* out = nullptr;
   int64_t numel = 0;
   bool reduced = true;

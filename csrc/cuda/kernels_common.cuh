@@ -166,7 +166,8 @@ __device__ __forceinline__ T block_all_reduce(T v, const Op& op, T* scratch) {
   return total;
 }
 
-// The end of every forward kernel; all threads of the block call it. 'none': block 0 writes grad_scale 1.
+// The end of every forward kernel; all threads of the block call it. 'none': block 0 writes grad_scale
+// 1 / grad_prescale.
 // 'mean'/'sum': each block leaves its partial sum and count, and the last block to finish adds them all in
 // block order and writes the loss and grad_scale (in opmath: never rounded to the input dtype first).
 template <int BLOCK, typename scalar_t>
@@ -174,7 +175,7 @@ __device__ __forceinline__ void finish_forward_block(double thread_sum, double t
                                                      const ReductionBuffers& r) {
   using op_t = opmath_t<scalar_t>;
   if (r.reduction == kNone) {
-    if (blockIdx.x == 0 && threadIdx.x == 0) *static_cast<op_t*>(r.grad_scale) = op_t(1);
+    if (blockIdx.x == 0 && threadIdx.x == 0) *static_cast<op_t*>(r.grad_scale) = static_cast<op_t>(1.0 / r.grad_prescale);
     return;
   }
   __shared__ SumCount scratch[BLOCK / kWarpSize];
@@ -211,7 +212,7 @@ __device__ __forceinline__ void finish_forward_block(double thread_sum, double t
     }
   }
   *static_cast<scalar_t*>(r.loss) = static_cast<scalar_t>(static_cast<op_t>(loss));
-  *static_cast<op_t*>(r.grad_scale) = static_cast<op_t>(scale);
+  *static_cast<op_t*>(r.grad_scale) = static_cast<op_t>(scale / r.grad_prescale);
 }
 
 }  // namespace focal::cuda

@@ -25,6 +25,7 @@ struct SoftmaxConsts {
   const T* alpha;       // C weights, or null (all 1)
   T poly;               // Poly-1 epsilon
   const T* row_weight;  // one weight per row (position), or null
+  T grad_prescale;      // the power of two the stored gradient carries (ReductionBuffers::grad_prescale)
 };
 
 template <typename T>
@@ -37,25 +38,29 @@ __device__ __forceinline__ Index div_up(Index a, Index b) {
   return (a + b - 1) / b;
 }
 
-// ---- (max, sum of exp(x - max)) pairs: the row's log-sum-exp in one reduction ----------------------------------
+// ---- (max, excess) pairs: the row's log-sum-exp in one reduction ------------------------------------------------
+// excess = sum exp(x - max) - 1, kept without the 1 the max adds: log_sum = log1p(excess) keeps every digit of a
+// confident row's loss (log of a sum near 1 would lose them, and device lg2 is 2**-22 off near 1).
 
 template <typename T>
 struct MaxSum {
   T max;
-  T sum;
+  T excess;
 };
 
+// a's share of the sum at the max `to_max` >= a.max: its excess when a holds the max, else its whole sum rescaled.
 template <typename T>
-__device__ __forceinline__ T sum_at_max(const MaxSum<T>& a, T to_max) {
-  return a.max == to_max ? a.sum : a.sum * fm_exp(a.max - to_max);  // equal also covers both -inf (empty)
+__device__ __forceinline__ T excess_at_max(const MaxSum<T>& a, T to_max) {
+  return a.max == to_max ? a.excess : (T(1) + a.excess) * fm_exp(a.max - to_max);
 }
 
-// Commutative bitwise (max is, and the two rescaled sums are added), so xor butterflies agree in every lane.
+// Commutative bitwise (max is, and the two shares are added), so xor butterflies agree in every lane.
 struct MaxSumOp {
   template <typename T>
   __device__ __forceinline__ MaxSum<T> operator()(const MaxSum<T>& a, const MaxSum<T>& b) const {
     const T m = b.max > a.max ? b.max : a.max;
-    return {m, sum_at_max(a, m) + sum_at_max(b, m)};
+    // both at the max: each excess lacks its max's 1, the pair lacks one
+    return {m, excess_at_max(a, m) + excess_at_max(b, m) + (a.max == m && b.max == m ? T(1) : T(0))};
   }
 };
 
@@ -74,7 +79,7 @@ struct SumPairOp {
 
 template <typename T>
 __device__ __forceinline__ MaxSum<T> shuffle_xor(MaxSum<T> v, int lane_mask) {
-  return {cuda::shuffle_xor(v.max, lane_mask), cuda::shuffle_xor(v.sum, lane_mask)};
+  return {cuda::shuffle_xor(v.max, lane_mask), cuda::shuffle_xor(v.excess, lane_mask)};
 }
 template <typename T>
 __device__ __forceinline__ SumPair<T> shuffle_xor(SumPair<T> v, int lane_mask) {
@@ -326,8 +331,9 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
     for (int i = 0; i < kSlots; ++i) row.load(unit(c, i), t.counted && live(c, i), v[i]);
   };
 
-  // Pass 1: the thread's running max m and sum s of exp(x - m).
-  T m = negative_infinity<T>(), s(0);
+  // Pass 1: the thread's running max m, the sum s of exp(x - m) over its values below m and the count of those
+  // at m (ties): its excess is s + ties - 1, with no 1 added and taken away again.
+  T m = negative_infinity<T>(), s(0), ties(0);
   for (Index c = 0; c < (t.counted ? chunks : 1); ++c) {  // an uncounted row reads nothing (all -inf)
     load_chunk(c);
     T chunk_max = m;
@@ -337,26 +343,32 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
       for (int e = 0; e < U; ++e) chunk_max = v[i][e] > chunk_max ? v[i][e] : chunk_max;
     }
     const T ref = chunk_max == negative_infinity<T>() ? T(0) : chunk_max;  // all -inf: exp gives 0, not NaN
-    s = sum_at_max(MaxSum<T>{m, s}, chunk_max);
+    if (chunk_max != m) {  // the values at the old max now lie below the new one
+      s = (s + ties) * fm_exp(m - chunk_max);
+      ties = T(0);
+    }
 #pragma unroll
     for (int i = 0; i < kSlots; ++i) {
       if (!live(c, i)) continue;
-      T slot_sum(0);  // per slot, then across slots: short dependent chains
+      T slot_sum(0), slot_ties(0);  // per slot, then across slots: short dependent chains
 #pragma unroll
       for (int e = 0; e < U; ++e) {
         const T ex = fm_exp(v[i][e] - ref);
-        slot_sum += ex;
+        const bool at_max = v[i][e] == chunk_max;
+        slot_sum += at_max ? T(0) : ex;
+        slot_ties += at_max ? T(1) : T(0);
         v[i][e] = kSmooth ? v[i][e] - ref : ex;
       }
       s += slot_sum;
+      ties += slot_ties;
     }
     m = chunk_max;
   }
-  const MaxSum<T> total = group.reduce(MaxSum<T>{m, s}, MaxSumOp{});
+  const MaxSum<T> total = group.reduce(MaxSum<T>{m, s + (ties - T(1))}, MaxSumOp{});
   const T row_max = t.counted ? total.max : T(0);
-  // >= 0: the max class adds exp(0) = 1 to the sum. Clamped, since the device exp / log may be 2**-22 off, so
-  // that log p <= 0 (p <= 1, u = 1 - p >= 0) for every class.
-  const T log_sum = fm_max(fm_log(total.sum), T(0));
+  const T row_sum = T(1) + total.excess;
+  // >= 0 (clamped: the device's approx exp may be 2**-22 off), so that log p <= 0 (p <= 1) for every class.
+  const T log_sum = fm_max(fm_log1p(total.excess), T(0));
   // The registers are relative to `ref`: the thread's max while resident, the row's after a reread.
   const T ref = resident ? (m == negative_infinity<T>() ? T(0) : m) : row_max;
   const auto reload = [&](Index c) {
@@ -377,13 +389,13 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
       softmax_focal_class_terms<G>(logp_t, k.alpha != nullptr ? k.alpha[t.tgt] : T(1), k.gamma, weighted_logp, h,
                                    k.poly);
       row_loss = -t.weight * weighted_logp;
-      hw = h * t.weight;
+      hw = h * t.weight * k.grad_prescale;
     }
     if (row.has_grad()) {
       // grad_j = hw p_j = hw exp(ref - max) / sum * register_j off the target; 0 for threads without classes.
       const T to_prob = !t.counted || (resident && m == negative_infinity<T>())
                             ? T(0)
-                            : (ref == row_max ? T(1) : fm_exp(ref - row_max)) / total.sum;
+                            : (ref == row_max ? T(1) : fm_exp(ref - row_max)) / row_sum;
       const T scale = hw * to_prob;
       for (Index c = 0; c < chunks; ++c) {
         reload(c);
@@ -443,7 +455,7 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
               T weighted_logp, h;
               const T logp = v[i][e] + offset;
               terms(j, logp, weighted_logp, h);
-              out[e] = t.weight * (fm_exp(logp) * sums.b - (j == t.tgt ? k.q_on : k.q_off) * h);
+              out[e] = t.weight * k.grad_prescale * (fm_exp(logp) * sums.b - (j == t.tgt ? k.q_on : k.q_off) * h);
             }
           }
           row.store(unit(c, i), out);
@@ -659,7 +671,8 @@ void launch_softmax_forward(const SoftmaxParams& p, int device, cudaStream_t str
     const double s = p.label_smoothing;
     const SoftmaxConsts<op_t> k{static_cast<op_t>(p.gamma), static_cast<op_t>(1.0 - s + s / C),
                                 static_cast<op_t>(s / C), static_cast<const op_t*>(p.alpha),
-                                static_cast<op_t>(p.poly_epsilon), static_cast<const op_t*>(p.row_weight)};
+                                static_cast<op_t>(p.poly_epsilon), static_cast<const op_t*>(p.row_weight),
+                                static_cast<op_t>(p.reduce.grad_prescale)};
     // Vectors a row spans: C / V when every row starts aligned, else up to one more (misaligned head).
     const bool rows_aligned = C % V == 0 && is_vector_aligned(x);
     const int64_t units = rows_aligned ? C / V : ceil_div(C + V - 1, V);

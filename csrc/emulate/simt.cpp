@@ -3,6 +3,8 @@
 // threads for the blocks, and the emulator's configuration ops.
 #include "simt.h"
 
+#include "../approx_math.h"
+
 #include "../ops.h"
 
 #include <torch/library.h>
@@ -413,9 +415,17 @@ std::vector<int64_t> emulator_state() {
           focal::emu::g_workers.load()};
 }
 
+// The direction of the emulated approx-math error (approx_math.h): 0 hashed per input, +1 all up, -1 all down.
+// Returns the previous mode.
+int64_t approx_error_mode(int64_t mode) {
+  TORCH_CHECK_VALUE(mode >= -1 && mode <= 1, "mode: expected -1 (down), 0 (hashed) or 1 (up), got ", mode);
+  return focal::approx::error_mode().exchange(static_cast<int>(mode));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(focal_cuda_emulated, m) {
+  m.def("approx_error_mode(int mode) -> int", &approx_error_mode);
   m.def("emulator_configure(int sm_count, bool reverse_schedule, int workers) -> ()", &emulator_configure);
   m.def("emulator_state() -> int[]", &emulator_state);
 }
