@@ -33,6 +33,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import focal_cuda  # noqa: E402
+import bench  # noqa: E402  (the shared peak-memory measure)
 import naive  # noqa: E402
 
 PRESETS = {
@@ -70,28 +71,10 @@ def step(fn, x, W, t):
 
 
 def peak_bytes(fn, x, W, t):
-    """Peak bytes allocated by one forward + backward above what was allocated before it."""
-    device = x.device
+    """Peak bytes allocated by one forward + backward above what was allocated before it (bench.py's measure)."""
     x.grad = None
     W.grad = None
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        baseline = torch.cuda.memory_allocated(device)
-        step(fn, x, W, t)
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - baseline
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step(fn, x, W, t)
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    current = peak = 0
-    for event in events:
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak
+    return bench.measure_peak_bytes(lambda: None, lambda _: step(fn, x, W, t), x.device)
 
 
 def measure_interleaved(fns, x, W, t, warmup, reps):

@@ -149,27 +149,36 @@ def test_softmax_gamma_zero_under_autocast_is_cross_entropy_within_one_bf16_roun
 
 @pytest.mark.parametrize("loss_name", ["sigmoid", "softmax"])
 def test_fp16_head_under_a_loss_scale_matches_float_math(loss_name):
-    """fp16 logits of a detection-style head with a GradScaler-size loss scale (2**15, 'sum' over many easy
-    negatives): the head's weight gradient, unscaled, matches float64 math to fp16 rounding. The per-logit
-    gradients (1e-8..1e-5) lie below fp16's range until the scale arrives, so a kernel storing them unscaled
-    in fp16 loses most of them (design.md §2)."""
+    """fp16 logits of a detection-style head (a Linear under autocast fp16 where it runs, else cast), with a
+    GradScaler-size loss scale (2**15, 'sum' over many easy negatives): the logits' gradient, unscaled, matches
+    float64 math on the same fp16 logits to fp16 rounding wherever its scaled value is a normal fp16. The per-logit
+    gradients (1e-8..1e-5) lie below fp16's range until the scale arrives, so a kernel storing them unscaled in fp16
+    loses most of them (design.md §2)."""
     torch.manual_seed(0)
-    features = torch.randn(512, FEATURES, dtype=torch.float64)
-    weight = (torch.randn(80, FEATURES, dtype=torch.float64) * 0.1).requires_grad_(True)
-    bias = torch.full((80,), -8.0, dtype=torch.float64)
+    features = torch.randn(512, FEATURES)
+    weight = torch.randn(80, FEATURES) * 0.1
+    bias = torch.full((80,), -5.0)
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            logits = F.linear(features, weight, bias)
+    except RuntimeError:  # torch builds whose CPU autocast has no fp16
+        logits = F.linear(features, weight, bias)
+    logits = logits.half().detach()
     scale = 2.0**15
 
-    def weight_grad(dtype, function):
-        w = weight.detach().to(dtype).requires_grad_(True)
-        logits = features.to(dtype) @ w.t() + bias.to(dtype)
+    def logits_grad(x, function):
+        x = x.clone().requires_grad_(True)
         if loss_name == "sigmoid":
-            loss = function(logits, torch.full((512,), 80), reduction="sum")  # all background
+            loss = function(x, torch.full((512,), 80), reduction="sum")  # all background
         else:
-            loss = function(torch.cat([torch.full((512, 1), 3.0, dtype=dtype), logits], 1),
+            loss = function(torch.cat([torch.full((512, 1), 3.0, dtype=x.dtype), x], 1),
                             torch.zeros(512, dtype=torch.long), gamma=1.0, reduction="sum")
         (loss * scale).backward()
-        return w.grad.double() / scale
+        return x.grad.double()
 
-    ours = weight_grad(torch.float16, getattr(focal_cuda, f"{loss_name}_focal_loss"))
-    truth = weight_grad(torch.float64, getattr(reference, f"{loss_name}_focal_loss"))
-    torch.testing.assert_close(ours, truth, rtol=2e-2, atol=1e-3 * truth.abs().max().item())
+    ours = logits_grad(logits, getattr(focal_cuda, f"{loss_name}_focal_loss"))
+    truth = logits_grad(logits.double(), getattr(reference, f"{loss_name}_focal_loss"))
+    representable = truth.abs() >= torch.finfo(torch.float16).tiny
+    assert representable.float().mean() > 0.5
+    relative = ((ours - truth).abs() / truth.abs())[representable]
+    assert relative.max() <= 0.02, f"{int((relative > 0.02).sum())} scaled fp16 gradients off by more than 2 %"
