@@ -154,19 +154,13 @@ def test_asymmetric_easy_positives_and_negatives(kernels, dtype, t, clip, detach
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("q", [1.0, 0.999, 0.5, 0.0])
-def test_varifocal_target_one_at_large_logits(kernels, dtype, q):
-    keep = away_from_gradient_roots(reference.varifocal_loss, q)
-    check_elementwise(focal_cuda.varifocal_loss, reference.varifocal_loss, LOGITS[keep],
-                      torch.full_like(LOGITS[keep], q), dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("y", [1.0, 0.999, 0.5, 0.0])
-def test_quality_focal_target_one_at_large_logits(kernels, dtype, y):
-    # |y - p|**beta has its root (and the gradient's) at p = y: p - y cancels there in any float format
-    keep = away_from_gradient_roots(reference.quality_focal_loss, y)
-    check_elementwise(focal_cuda.quality_focal_loss, reference.quality_focal_loss, LOGITS[keep],
-                      torch.full_like(LOGITS[keep], y), dtype)
+@pytest.mark.parametrize("loss_name", ["varifocal_loss", "quality_focal_loss"])
+def test_iou_targets_at_large_logits(kernels, loss_name, dtype, q):
+    """Varifocal and quality focal with IoU-aware targets q, up to q = 1 at |x| = 30 (quality focal's |q - p|**beta
+    has its root, and the gradient's, at p = q: left out with the other gradient roots)."""
+    function, reference_function = getattr(focal_cuda, loss_name), getattr(reference, loss_name)
+    keep = away_from_gradient_roots(reference_function, q)
+    check_elementwise(function, reference_function, LOGITS[keep], torch.full_like(LOGITS[keep], q), dtype)
 
 
 def test_varifocal_gradient_at_q_one_is_minus_one_minus_p(kernels):
