@@ -1,5 +1,6 @@
 # Quick start: `make bench` (the benchmark) and `make test` (the test suite). Both install what they need
-# (torch, ninja, pytest, hypothesis, matplotlib) and build focal_cuda in place first.
+# (torch, ninja, pytest, hypothesis, matplotlib) and build focal_cuda in place first (scripts/build.sh: one line
+# per compiled file, the full log in build/build.log, its last lines and path printed when the build fails).
 PYTHON ?= python
 STAMP := build/.focal_cuda_installed
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
@@ -18,7 +19,8 @@ $(STAMP): $(SOURCES)
 	# torchvision: its RetinaNet/FCOS losses run with focal_cuda swapped in (tests/test_torchvision_detection.py)
 	$(PYTHON) -m pip install torchvision
 	$(PYTHON) -m pip install matplotlib || echo "matplotlib unavailable: benchmark plots will be skipped"
-	MAX_JOBS=$${MAX_JOBS:-2} $(PYTHON) -m pip install --no-build-isolation --no-deps -v -e .
+	# quiet build: one line per compiled unit; the full `pip install -v -e .` output goes to build/build.log
+	MAX_JOBS=$${MAX_JOBS:-2} PYTHON=$(PYTHON) bash scripts/build.sh
 	mkdir -p build && touch $(STAMP)
 
 bench: install

@@ -33,7 +33,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import focal_cuda  # noqa: E402
-import bench  # noqa: E402  (the shared peak-memory measure)
+from harness.memory import measure_peak_bytes  # noqa: E402  (bench.py's peak-memory measure)
 import naive  # noqa: E402
 
 PRESETS = {
@@ -74,7 +74,7 @@ def peak_bytes(fn, x, W, t):
     """Peak bytes allocated by one forward + backward above what was allocated before it (bench.py's measure)."""
     x.grad = None
     W.grad = None
-    return bench.measure_peak_bytes(lambda: None, lambda _: step(fn, x, W, t), x.device)
+    return measure_peak_bytes(lambda: None, lambda _: step(fn, x, W, t), x.device)
 
 
 def measure_interleaved(fns, x, W, t, warmup, reps):

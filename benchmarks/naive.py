@@ -8,6 +8,11 @@ users actually run before switching to focal_cuda.
   modulating factor, then the alpha weight).
 - ``BCEFocalLoss``: the binary class on probabilities (output of a sigmoid).
 - ``softmax_focal_loss_plain``: log_softmax + gather, the best plain formulation (what the benchmark compiles).
+- the focal family as its original repositories write it: ``mmdet_varifocal_loss`` / ``varifocal_index_score``,
+  ``mmdet_quality_focal_loss_tensor_target`` (mmdet's GFL), ``AsymmetricLoss`` (Alibaba-MIIL/ASL).
+
+The one copy of these formulas: the benchmarks import it, and so do the tests that check focal_cuda against
+the code it replaces (tests/test_independent_facts.py, tests/test_focal_family.py, by file path).
 """
 import torch
 import torch.nn as nn
@@ -131,8 +136,17 @@ def varifocal_index_score(pred, labels, score, alpha=0.75, gamma=2.0, reduction=
     return mmdet_varifocal_loss(pred, target, alpha, gamma, True, reduction)
 
 
+def mmdet_quality_focal_loss_tensor_target(pred, target, beta=2.0, reduction="mean"):
+    """mmdet/models/losses/gfocal_loss.py, quality_focal_loss_tensor_target (activated=False), as written there."""
+    pred_sigmoid = pred.sigmoid()
+    scale_factor = (pred_sigmoid - target).abs().pow(beta)
+    loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none") * scale_factor
+    return loss.mean() if reduction == "mean" else (loss.sum() if reduction == "sum" else loss)
+
+
 class AsymmetricLoss(nn.Module):
-    """Alibaba-MIIL/ASL's AsymmetricLoss (multi-label, logits), as written there; reduction added."""
+    """Alibaba-MIIL/ASL's AsymmetricLoss (multi-label, logits), as written there; reduction added ("sum", the
+    original's, "mean" or "none")."""
 
     def __init__(self, gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-8, disable_torch_grad_focal_loss=True,
                  reduction="sum"):
@@ -164,4 +178,6 @@ class AsymmetricLoss(nn.Module):
             if self.disable_torch_grad_focal_loss:
                 torch.set_grad_enabled(True)
             loss *= one_sided_w
+        if self.reduction == "none":
+            return -loss
         return -loss.mean() if self.reduction == "mean" else -loss.sum()

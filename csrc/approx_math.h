@@ -104,6 +104,24 @@ C10_HOST_DEVICE inline float log1p_unit(float e) {
   for (int i = 1; i < 9; ++i) series = fma(series, e, coefficients[i]);
   return series * e;
 }
+// a / b with rcp.approx (1 ulp) instead of IEEE division, whose slow path is a call (a stack frame in every kernel
+// that divides): b below 2**-100 is scaled by 2**64 first (exactly), where ftz would flush it to 0.
+C10_HOST_DEVICE inline float divide(float a, float b) {
+  const float scale = (b < 0x1p-100f && b > -0x1p-100f) ? 0x1p64f : 1.0f;
+  return (a * scale) * reciprocal(b * scale);
+}
+// log p and log(1 - p) for p in [0, 1] (binary focal loss): one 6-term series serves whichever of the two is near 0
+// (log p for p > 15/16, log(1 - p) for p < 1/16: never both), lg2 the other and both in between (|log| > 0.06
+// there, so lg2's 2**-22 absolute error is 3e-6 of it at most). 1 - p is exact for p >= 1/2 and rounds by
+// 2**-25 at most below (5e-7 of |log(1 - p)| >= 0.06): no log1p correction needed.
+C10_HOST_DEVICE inline void log_and_log1m(float p, float& log_p, float& log_q) {
+  const bool upper = p > 0.5f;
+  const float d = upper ? p - 1.0f : -p;  // log p = log1p(d) above 1/2, log(1 - p) = log1p(d) below: exact
+  const float near = d * fma(d, fma(d, fma(d, fma(d, fma(d, -1.0f / 6.0f, 0.2f), -0.25f), 1.0f / 3.0f), -0.5f), 1.0f);
+  const bool use_series = d > -0.0625f;  // d <= 0 always
+  log_p = upper && use_series ? near : log2(p) * kLn2;
+  log_q = !upper && use_series ? near : log2(1.0f - p) * kLn2;
+}
 // log1p(x), x > -1: a 5-term series below |x| = 1/16 (2e-7 relative), else log(1 + x) corrected for the
 // rounding of 1 + x.
 C10_HOST_DEVICE inline float log1p(float x) {

@@ -13,27 +13,6 @@
 #include <cstdint>
 #include <type_traits>
 
-namespace focal {
-
-// Same codes as at::Reduction.
-enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
-
-// Integer gammas with an unrolled power; kGammaAny calls pow.
-constexpr int kGammaAny = -1;
-
-// Calls body(std::integral_constant<int, G>{}) with G the integer-gamma fast path (0..3) or kGammaAny, and
-// returns what it returns. Host code: both backends pick their kernel instantiation with it.
-template <typename Body>
-inline decltype(auto) dispatch_gamma(double gamma, const Body& body) {
-  if (gamma == 0.0) return body(std::integral_constant<int, 0>{});
-  if (gamma == 1.0) return body(std::integral_constant<int, 1>{});
-  if (gamma == 2.0) return body(std::integral_constant<int, 2>{});
-  if (gamma == 3.0) return body(std::integral_constant<int, 3>{});
-  return body(std::integral_constant<int, kGammaAny>{});
-}
-
-}  // namespace focal
-
 // The formulas below come in two builds of the same source, kept apart by an inline namespace (so the two
 // never meet as one symbol in a link): `exact` (CPU kernels; float primitives from libm / at::vec) and
 // `device_approx` (the CUDA kernels, also when emulated: float primitives from approx_math.h).
@@ -67,7 +46,9 @@ C10_HOST_DEVICE inline float fm_expm1(float x) { return approx::expm1(x); }
 C10_HOST_DEVICE inline float fm_log(float x) { return approx::log(x); }
 C10_HOST_DEVICE inline float fm_log1p(float x) { return approx::log1p(x); }
 C10_HOST_DEVICE inline float fm_log1p_unit(float x) { return approx::log1p_unit(x); }
+C10_HOST_DEVICE inline void fm_log_and_log1m(float p, float& log_p, float& log_q) { approx::log_and_log1m(p, log_p, log_q); }
 C10_HOST_DEVICE inline float fm_reciprocal(float x) { return approx::reciprocal(x); }
+C10_HOST_DEVICE inline float fm_div(float a, float b) { return approx::divide(a, b); }
 C10_HOST_DEVICE inline float fm_pow(float x, float y) { return approx::pow(x, y); }
 C10_HOST_DEVICE inline float fm_fma(float a, float b, float c) { return approx::fma(a, b, c); }
 // double: x**y for x in [0, 1], y >= 0 as exp(y log x), which nvcc inlines (libdevice's pow is a call whose
@@ -87,6 +68,19 @@ FOCAL_SELECT_PRIMITIVES(float)
 FOCAL_SELECT_PRIMITIVES(double)
 #undef FOCAL_SCALAR_PRIMITIVES
 #undef FOCAL_SELECT_PRIMITIVES
+
+// a / b (the device's float build divides without IEEE division's slow-path call).
+template <typename T>
+C10_HOST_DEVICE inline T fm_div(T a, T b) {
+  return a / b;
+}
+
+// log p and log(1 - p) of a probability (the device's float build folds their two series into one).
+template <typename T>
+C10_HOST_DEVICE inline void fm_log_and_log1m(T p, T& log_p, T& log_q) {
+  log_p = fm_log(p);
+  log_q = fm_log1p(T(0) - p);  // log(1 - p) would round 1 - p for tiny p
+}
 
 // ---- modulating factor u**gamma and its derivative -----------------------------------------------------
 
@@ -120,7 +114,7 @@ C10_HOST_DEVICE inline T modulating_derivative(T u, T m, T gamma, T numer) {
     return T(3) * u * u * numer;
   } else {
     const T zero(0);
-    return gamma * m * fm_select(u > zero, numer / u, zero);
+    return gamma * m * fm_select(u > zero, fm_div(numer, u), zero);
   }
 }
 
@@ -154,17 +148,20 @@ C10_HOST_DEVICE inline LogitTerms<T> logit_terms(T x, T t) {
           fm_select(x_nonneg, c - small, small - c), log1p_e};
 }
 
-// alpha enters as a_t = alpha_neg + alpha_diff * t (alpha_neg = 1 - alpha, alpha_diff = 2 alpha - 1;
-// disabled alpha is alpha_neg = 1, alpha_diff = 0).
+// a_t = alpha t + (1 - alpha)(1 - t), as two fmas that are exact at t = 0 and t = 1 (alpha_neg + alpha_diff t
+// rounds 1 - alpha + (2 alpha - 1) to 0 for alpha below float's epsilon). Disabled alpha is a_t = 1.
 template <typename T>
 struct AlphaWeight {
-  T neg;
-  T diff;
-  C10_HOST_DEVICE T at(T t) const { return neg + diff * t; }
+  T pos;        // alpha
+  T neg;        // 1 - alpha
+  T minus_neg;  // alpha - 1
+  C10_HOST_DEVICE T at(T t) const { return fm_fma(t, pos, fm_fma(t, minus_neg, neg)); }
   // From the op's alpha argument: alpha < 0 disables alpha (a_t = 1).
   static AlphaWeight from(double alpha) {
-    return alpha < 0 ? AlphaWeight{T(1), T(0)} : AlphaWeight{T(1 - alpha), T(2 * alpha - 1)};
+    return alpha < 0 ? AlphaWeight{T(1), T(1), T(-1)} : AlphaWeight{T(alpha), T(1 - alpha), T(alpha - 1)};
   }
+  // A per-class alpha read in the kernel.
+  C10_HOST_DEVICE static AlphaWeight of(T alpha) { return AlphaWeight{alpha, T(1) - alpha, alpha - T(1)}; }
 };
 
 // Loss and d(loss)/dx of one logit x with (possibly soft) target t.
@@ -204,8 +201,10 @@ template <int G, typename T>
 C10_HOST_DEVICE inline void binary_focal_point(T p, T t, AlphaWeight<T> alpha, T gamma, T& loss, T& grad) {
   const T one(1), log_floor(-100), eps(1e-12);
   const T q = one - p;
-  const T logp = fm_max(fm_log(p), log_floor);
-  const T logq = fm_max(fm_log1p(-p), log_floor);  // log(1 - p) would round 1 - p for tiny p
+  T logp, logq;
+  fm_log_and_log1m(p, logp, logq);
+  logp = fm_max(logp, log_floor);
+  logq = fm_max(logq, log_floor);
   const T ce = -(t * logp + (one - t) * logq);
   const T u = t * q + (one - t) * p;
   const T m = modulating_factor<G>(u, gamma);
@@ -216,7 +215,7 @@ C10_HOST_DEVICE inline void binary_focal_point(T p, T t, AlphaWeight<T> alpha, T
   grad = a * (m * dce + (one - t - t) * modulating_derivative<G>(u, m, gamma, ce));
 }
 
-// ---- the focal family on logits (design.md §5) -------------------------------------------------------------
+// ---- the focal family on logits (docs/design.md §5) -------------------------------------------------------------
 
 // Varifocal loss (VarifocalNet; mmdet's formula), IoU-aware target q in [0, 1]:
 //   w = q (1 if not iou_weighted) where q > 0, else alpha p**gamma (= alpha |p - q|**gamma at q = 0);
@@ -261,44 +260,47 @@ struct AsymmetricParams {
   T gamma_neg;
   T clip;
   T eps;
-  T log_eps;     // log(eps), from the host's libm
-  bool has_clip;  // clip > 0
-  bool detach;
+  T log_eps;  // log(eps), from the host's libm
 };
 
-template <typename T>
+// kClip: clip > 0 (p_neg = min(q + clip, 1)); kDetach: the modulating factor is a constant in the gradient. Both
+// are template arguments, so that each kernel holds only its own branch.
+template <bool kClip, bool kDetach, typename T>
 C10_HOST_DEVICE inline void asymmetric_point(T x, T t, const AsymmetricParams<T>& prm, T& loss, T& grad) {
   const T zero(0), one(1);
   const LogitTerms<T> s = logit_terms(x, t);
-  const T shifted = s.q + prm.clip;
-  const auto clipped = shifted >= one;  // p_neg saturates at 1: constant
-  const T p_neg = fm_select(clipped, one, shifted);
   // log p and log q in the logit form (-log p = log1p(e^-|x|) + max(-x, 0)), not the log of a rounded sigmoid
   // (17 % off at x = 15 in float); log max(v, eps) = max(log v, log eps).
   const T log_pos = fm_max(zero - (s.log1p_e + fm_max(zero - x, zero)), prm.log_eps);
-  // p_neg = 1 + min(clip - p, 0): log1p of that exact-ish difference (log of a value near 1 loses its digits).
-  const T clip_minus_p = prm.clip - s.p;
-  const T log_neg = fm_max(prm.has_clip ? fm_log1p(fm_select(clip_minus_p < zero, clip_minus_p, zero))
-                                        : zero - (s.log1p_e + fm_max(x, zero)),
-                           prm.log_eps);
   const T pq = s.p * s.q;
-  // d log max(p, eps)/dx = q above eps; d log max(p_neg, eps)/dx = -p q / p_neg while p_neg moves and > eps (no
-  // clip: p_neg = q, -p; q's rounding to 1 is no clip).
-  // (selects written so that a NaN p takes the NaN branch on every backend)
+  // d log max(p, eps)/dx = q above eps (selects written so that a NaN p takes the NaN branch on every backend)
   const T dlog_pos = fm_select(s.p < prm.eps, zero, s.q);
-  const T dlog_neg = prm.has_clip ? fm_select(clipped, zero, fm_select(p_neg < prm.eps, zero, zero - pq / p_neg))
-                                  : fm_select(s.q < prm.eps, zero, zero - s.p);
+  T log_neg, dlog_neg, u;
+  if constexpr (kClip) {
+    const T shifted = s.q + prm.clip;
+    const auto clipped = shifted >= one;  // p_neg saturates at 1: constant
+    const T p_neg = fm_select(clipped, one, shifted);
+    // p_neg = 1 + min(clip - p, 0): log1p of that exact-ish difference (log of a value near 1 loses its digits).
+    const T clip_minus_p = prm.clip - s.p;
+    log_neg = fm_max(fm_log1p(fm_select(clip_minus_p < zero, clip_minus_p, zero)), prm.log_eps);
+    // d log max(p_neg, eps)/dx = -p q / p_neg while p_neg moves and > eps
+    dlog_neg = fm_select(clipped, zero, fm_select(p_neg < prm.eps, zero, zero - pq * fm_reciprocal(p_neg)));
+    u = t * s.q + (one - t) * fm_max(s.p - prm.clip, zero);
+  } else {
+    log_neg = fm_max(zero - (s.log1p_e + fm_max(x, zero)), prm.log_eps);
+    dlog_neg = fm_select(s.q < prm.eps, zero, zero - s.p);  // p_neg = q: q's rounding to 1 is no clip
+    u = t * s.q + (one - t) * s.p;
+  }
   const T ce = zero - (t * log_pos + (one - t) * log_neg);
   const T dce = zero - (t * dlog_pos + (one - t) * dlog_neg);
-  const T u = t * s.q + (one - t) * fm_max(s.p - prm.clip, zero);
   const T g = prm.gamma_pos * t + prm.gamma_neg * (one - t);
   const T w = modulating_factor<kGammaAny>(u, g);
   loss = w * ce;
-  if (prm.detach) {
+  if constexpr (kDetach) {
     grad = w * dce;
   } else {
     // du/dx = -t p q + (1 - t) p q [p > clip]
-    const T du = (one - t) * fm_select(s.p > prm.clip, pq, zero) - t * pq;
+    const T du = kClip ? (one - t) * fm_select(s.p > prm.clip, pq, zero) - t * pq : (one - t - t) * pq;
     grad = w * dce + ce * modulating_derivative<kGammaAny>(u, w, g, du);
   }
 }

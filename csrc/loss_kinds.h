@@ -2,9 +2,18 @@
 // (focal_math.h must come after csrc/cpu/vec_math.h in the CPU kernels).
 #pragma once
 
+#include <cstdint>
+
 namespace focal {
 
-// The elementwise losses (design.md §5): one traversal per layout, one point function each (focal_math.h).
+// Same codes as at::Reduction.
+enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
+
+// The focal exponent as a template argument: 0..3 have an unrolled power, kGammaAny calls pow
+// (gamma_dispatch.h picks one at run time).
+constexpr int kGammaAny = -1;
+
+// The elementwise losses (docs/design.md §5): one traversal per layout, one point function each (focal_math.h).
 enum class ElementwiseLoss : int { kSigmoidFocal, kBinaryFocal, kVarifocal, kQualityFocal, kAsymmetric };
 
 // A constant weight multiplying loss and gradient: per element (the input's shape), per row (the input's

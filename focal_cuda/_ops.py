@@ -1,6 +1,6 @@
 """Loads the compiled operator library and teaches PyTorch about its ops: fake (meta) kernels for
-torch.compile / FakeTensor, and autograd for the forward ops (backward = the matching *_bwd op, or
-apply_grad_output_ over the saved gradient when autograd reads it no more: one gradient buffer, not two).
+torch.compile / FakeTensor, and autograd for the forward ops (backward = the focal_bwd op, or focal_bwd_ over the
+saved gradient when autograd reads it no more: one gradient buffer, not two).
 
 Autocast: the ops register no autocast rule, so under torch.autocast they run on the tensors as given
 (bf16/fp16 logits are read natively, math in float32, loss in the logits' dtype; no upcast copy).
@@ -47,31 +47,37 @@ def _fake_outputs(input, loss_shape, reduction, compute_grad):
     return loss, grad, input.new_empty((), dtype=opmath_dtype(input.dtype))
 
 
-def _bwd_fake(grad_output, grad, grad_scale, reduction):
-    return torch.empty_like(grad)
+# The schemas' weight_mode codes (csrc/ops.h WeightModeCode).
+WEIGHT_MODES = {"element": 0, "row": 1, "class": 2}
 
 
-def _apply_grad_output_fake(grad, grad_output, grad_scale, reduction, class_dim_reduced):
+def _focal_bwd_fake(grad, grad_output, grad_scale, reduction, class_dim_reduced):
+    return torch.empty_like(grad, memory_format=torch.contiguous_format)
+
+
+def _focal_bwd_inplace_fake(grad, grad_output, grad_scale, reduction, class_dim_reduced):
     return None
 
 
-# Forward op -> (its backward op, the index of its reduction and compute_grad arguments, whether the
-# 'none' loss has the target's shape rather than the input's). The focal family's ops are elementwise.
-FORWARD_OPS = {
-    "sigmoid_focal_fwd": ("sigmoid_focal_bwd", 4, 8, False),
-    "softmax_focal_fwd": ("softmax_focal_bwd", 4, 8, True),
-    "binary_focal_fwd": ("binary_focal_bwd", 4, 5, False),
-    "varifocal_fwd": ("sigmoid_focal_bwd", 6, 9, False),
-    "quality_focal_fwd": ("sigmoid_focal_bwd", 4, 7, False),
-    "asymmetric_fwd": ("sigmoid_focal_bwd", 7, 10, False),
-}
+# The forward ops. Softmax's 'none' loss has the target's shape (its grad_output lacks the class dim); the focal
+# family's ops are elementwise.
+FORWARD_OPS = ("sigmoid_focal_fwd", "softmax_focal_fwd", "binary_focal_fwd", "varifocal_fwd", "quality_focal_fwd",
+               "asymmetric_fwd")
+_CLASS_DIM_REDUCED = {"softmax_focal_fwd"}
 
 
-def _fwd_fake(reduction_index, compute_grad_index, loss_has_target_shape):
+def _bound_argument(argument_names, args, kwargs, name):
+    """The value of the schema argument `name` in a call (args, kwargs), or its default."""
+    index = argument_names.index(name)
+    return args[index] if index < len(args) else kwargs[name]
+
+
+def _fwd_fake(argument_names, loss_has_target_shape):
     def fake(*args, **kwargs):
         input, target = args[0], args[1]
         shape = target.shape if loss_has_target_shape else input.shape
-        return _fake_outputs(input, shape, args[reduction_index], args[compute_grad_index])
+        return _fake_outputs(input, shape, _bound_argument(argument_names, args, kwargs, "reduction"),
+                             _bound_argument(argument_names, args, kwargs, "compute_grad"))
     return fake
 
 
@@ -181,8 +187,12 @@ def _refuse_double_backward(ctx, compute, *tensors):
     return _NoDoubleBackward.apply(compute, anchor)
 
 
-def _register_autograd(namespace, fwd_name, bwd_op, apply_in_place_op, class_dim_reduced, reduction_index,
-                       compute_grad_index, num_inputs, cpu_shortcut, argument_names):
+def _register_autograd(namespace, fwd_name, bwd_op, apply_in_place_op, class_dim_reduced, cpu_shortcut,
+                       argument_names):
+    num_inputs = len(argument_names)
+    reduction_index = argument_names.index("reduction")
+    compute_grad_index = argument_names.index("compute_grad")
+
     def setup_context(ctx, inputs, output):
         _, grad, grad_scale = output
         ctx.reduction = inputs[reduction_index]
@@ -227,8 +237,9 @@ def _register_autograd(namespace, fwd_name, bwd_op, apply_in_place_op, class_dim
             if not (cpu_shortcut and _applies_nothing(grad_loss, grad_scale)):
                 apply_in_place_op(grad, grad_loss, grad_scale, ctx.reduction, class_dim_reduced)
             return (grad,) + no_grads
-        result = _refuse_double_backward(ctx, lambda: bwd_op(grad_loss, grad, grad_scale, ctx.reduction),
-                                         grad_loss, grad, grad_scale)
+        result = _refuse_double_backward(
+            ctx, lambda: bwd_op(grad, grad_loss, grad_scale, ctx.reduction, class_dim_reduced), grad_loss, grad,
+            grad_scale)
         return (result,) + no_grads
 
     torch.library.register_autograd(f"{namespace}::{fwd_name}", backward, setup_context=setup_context)
@@ -237,17 +248,14 @@ def _register_autograd(namespace, fwd_name, bwd_op, apply_in_place_op, class_dim
 def _register_library(namespace, cpu_shortcut):
     """Fake kernels and autograd for the ops of `namespace` (focal_cuda, or focal_cuda_emulated)."""
     library_ops = getattr(torch.ops, namespace)
-    for name in ("sigmoid_focal_bwd", "softmax_focal_bwd", "binary_focal_bwd"):
-        torch.library.register_fake(f"{namespace}::{name}")(_bwd_fake)
-    torch.library.register_fake(f"{namespace}::apply_grad_output_")(_apply_grad_output_fake)
-    for name, (bwd_name, reduction_index, compute_grad_index, target_shaped) in FORWARD_OPS.items():
-        torch.library.register_fake(f"{namespace}::{name}")(
-            _fwd_fake(reduction_index, compute_grad_index, target_shaped))
+    torch.library.register_fake(f"{namespace}::focal_bwd")(_focal_bwd_fake)
+    torch.library.register_fake(f"{namespace}::focal_bwd_")(_focal_bwd_inplace_fake)
+    for name in FORWARD_OPS:
         argument_names = [argument.name for argument in getattr(library_ops, name).default._schema.arguments]
-        # the 'none' loss of target shape (softmax) is the one whose grad_output lacks the class dim
-        _register_autograd(namespace, name, getattr(library_ops, bwd_name), library_ops.apply_grad_output_,
-                           target_shaped, reduction_index, compute_grad_index, len(argument_names), cpu_shortcut,
-                           argument_names)
+        class_dim_reduced = name in _CLASS_DIM_REDUCED
+        torch.library.register_fake(f"{namespace}::{name}")(_fwd_fake(argument_names, class_dim_reduced))
+        _register_autograd(namespace, name, library_ops.focal_bwd, library_ops.focal_bwd_, class_dim_reduced,
+                           cpu_shortcut, argument_names)
     return library_ops
 
 

@@ -1,5 +1,5 @@
 """Fused linear + softmax focal loss: softmax_focal_loss(F.linear(input, weight, bias), target, ...) without
-ever holding the full (N, C) logits or their gradient (design.md §5, last bullet).
+ever holding the full (N, C) logits or their gradient (docs/design.md §5, last bullet).
 
 The rows are walked in chunks. Per chunk, in the forward:
 
@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ._ops import REDUCTIONS, _is_plain_tensor, opmath_dtype, ops_for
-from .functional import (_check_floating_input, _check_tensor, _gamma, _ignore_index, _label_smoothing, _normalizer,
+from ._arguments import (_check_floating_input, _check_tensor, _gamma, _ignore_index, _label_smoothing, _normalizer,
                          _reduction_code, _softmax_alpha)
 
 __all__ = ["linear_softmax_focal_loss", "default_chunk_rows"]

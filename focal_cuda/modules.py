@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from . import functional as F
+from ._arguments import _num_classes
 
 
 def _size_average_reduction(size_average, reduction):
@@ -65,7 +66,7 @@ class FocalLoss(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, normalizer=None) -> torch.Tensor:
         if self.class_num is not None and isinstance(input, torch.Tensor) and input.dim() >= 1:
-            if F._num_classes(input) != self.class_num:
+            if _num_classes(input) != self.class_num:
                 raise ValueError(f"input: expected {self.class_num} classes (FocalLoss class_num) in dim "
                                  f"{1 if input.dim() >= 2 else 0}, got input of shape {tuple(input.shape)}")
         alpha = self.alpha if self.alpha is not None else self._alpha_scalar

@@ -1,4 +1,4 @@
-"""Test machinery: run the CUDA kernels without a GPU, and count kernel launches (design.md §6).
+"""Test machinery: run the CUDA kernels without a GPU, and count kernel launches (docs/design.md §6).
 
     with focal_cuda.testing.emulated_cuda(sm_count=3):
         loss = focal_cuda.sigmoid_focal_loss(logits_on_cpu, target, reduction="mean")   # CUDA kernels, emulated

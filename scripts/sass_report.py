@@ -8,12 +8,18 @@ wheel (triton/backends/nvidia/bin) and in the CUDA toolkit.
   python scripts/sass_report.py --check             # exit 1 on a regression against docs/sass_baseline.json
   python scripts/sass_report.py --write-baseline    # record the current figures as the baseline
   python scripts/sass_report.py --source csrc/cuda/softmax_kernels.cu   # compile one file to a cubin first
+  python scripts/sass_report.py --json OUT.json     # also save every kernel's figures (hot loops included)
+  python scripts/sass_report.py --from-json OUT.json [--check]   # the report again from a saved JSON, no cuobjdump
 
 Hot loop: among the loops of a kernel (a backward branch and the code it jumps back over) that contain a
 128-bit global load, the innermost one (or the outermost, per case). The most instructions one iteration can
 execute (the longest path from its head to its backward branch, NOPs excluded; see longest_path) divided by
-the elements one thread handles per iteration (fixed by the kernel's constants, in CASES) is the
+the elements one thread handles per iteration (fixed by the kernel's constants, in sass_budget.CASES) is the
 "SASS / element" figure: static, an upper bound on the executed count, not a measurement.
+
+The tracked cases and the budget model (bytes per element, the issue's budget, and the ESTIMATED fraction of
+HBM speed on H200 / H100 SXM / A100 / RTX 4090 from issue rate vs bandwidth) are in scripts/sass_budget.py,
+whose docstring gives the formula: est. fraction = min(1, SMs * 128 * clock * bytes / (bandwidth * SASS)).
 """
 import argparse
 import glob
@@ -28,6 +34,11 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+import sass_budget  # noqa: E402
+from sass_budget import case_rows, check, fmt, print_cases, short  # noqa: E402
+
 ROOT = os.path.dirname(HERE)
 BASELINE = os.path.join(ROOT, "docs", "sass_baseline.json")
 
@@ -38,25 +49,6 @@ SM_MAX_BLOCKS = 32
 SM_SHARED_BYTES = 228 * 1024
 SHARED_RESERVED_PER_BLOCK = 1024
 REGISTER_ALLOCATION_UNIT = 256  # registers, per warp
-
-# Tracked cases: (name, regex over the demangled kernel name, elements per thread per hot-loop iteration,
-# target SASS instructions per element from the issue or None, which loop: "innermost" or "outermost").
-CASES = [
-    ("sigmoid dense bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, \(focal::cuda::Layout\)0>", 16, 30, "innermost"),
-    ("sigmoid index bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, \(focal::cuda::Layout\)3>", 16, 30, "innermost"),
-    ("sigmoid index bf16 g2, C % 8 != 0", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, \(focal::cuda::Layout\)2>", 16, None, "innermost"),
-    ("sigmoid dense fp32 g2", r"elementwise_forward_kernel<float, SigmoidPoint<2, false, float>, \(focal::cuda::Layout\)0>", 8, None, "innermost"),
-    ("sigmoid dense bf16 g=any", r"elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<-1, false, float>, \(focal::cuda::Layout\)0>", 16, None, "innermost"),
-    ("binary dense bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, BinaryPoint<2, float>, \(focal::cuda::Layout\)0>", 16, 30, "innermost"),
-    ("varifocal index bf16 g2", r"elementwise_forward_kernel<c10::BFloat16, VarifocalPoint<2, float>, \(focal::cuda::Layout\)3>", 16, 30, "innermost"),
-    ("quality focal dense bf16 b2", r"elementwise_forward_kernel<c10::BFloat16, QualityFocalPoint<2, float>, \(focal::cuda::Layout\)0>", 16, 30, "innermost"),
-    ("asymmetric dense bf16", r"elementwise_forward_kernel<c10::BFloat16, AsymmetricPoint<float>, \(focal::cuda::Layout\)0>", 16, None, "innermost"),
-    ("softmax rows C=80 bf16 g2", r"softmax_rows_warp_kernel<2, false, 5, c10::BFloat16>", 40, 40, "outermost"),
-    ("softmax rows C=80 fp32 g2", r"softmax_rows_warp_kernel<2, false, 5, float>", 20, None, "outermost"),
-    ("softmax block bf16 g2", r"softmax_rows_block_kernel<2, false, c10::BFloat16>", 64, None, "innermost"),
-    ("backward bf16", r"apply_grad_output_kernel<c10::BFloat16>", 8, None, "innermost"),
-]
-
 
 # ---- tools -------------------------------------------------------------------------------------------------
 
@@ -223,27 +215,34 @@ def longest_path(instructions, first, last):
     return None
 
 
-def hot_loop_size(instructions, which="innermost"):
-    """Longest path through the innermost (or outermost: a grid-stride loop whose body holds per-row inner
-    loops, each counted once) loop that holds a 128-bit global load, or None."""
+def hot_loop_figures(instructions):
+    """Per loop choice ("innermost", or "outermost": a grid-stride loop whose body holds per-row inner loops,
+    each counted once) among the loops that hold a 128-bit global load: the longest path through it and its
+    128-bit global loads (what one thread can have in flight per iteration). None when no loop has one."""
     found = []
     for first, last in loops(instructions):
-        if any(is_wide_global_load(t) for _, t in instructions[first:last + 1]):
-            found.append((last - first, longest_path(instructions, first, last)))
+        body = instructions[first:last + 1]
+        wide = sum(is_wide_global_load(t) for _, t in body)
+        if wide:
+            found.append((last - first, longest_path(instructions, first, last), wide))
     if not found:
         return None
-    span, size = min(found) if which == "innermost" else max(found)
-    return size
+    # min / max over (span, figure), as each figure's own choice of loop always was.
+    return {which: {"size": pick((span, size) for span, size, _ in found)[1],
+                    "wide_loads": pick((span, wide) for span, _, wide in found)[1]}
+            for which, pick in (("innermost", min), ("outermost", max))}
+
+
+def hot_loop_size(instructions, which="innermost"):
+    """Longest path through the innermost (or outermost) loop that holds a 128-bit global load, or None."""
+    figures = hot_loop_figures(instructions)
+    return None if figures is None else figures[which]["size"]
 
 
 def wide_loads_in_hot_loop(instructions, which="innermost"):
     """128-bit global loads in the hot loop's body: what one thread can have in flight per iteration."""
-    found = [(last - first, sum(is_wide_global_load(t) for _, t in instructions[first:last + 1]))
-             for first, last in loops(instructions)
-             if any(is_wide_global_load(t) for _, t in instructions[first:last + 1])]
-    if not found:
-        return 0
-    return (min(found) if which == "innermost" else max(found))[1]
+    figures = hot_loop_figures(instructions)
+    return 0 if figures is None else figures[which]["wide_loads"]
 
 
 def blocks_per_sm(registers, threads, shared):
@@ -270,50 +269,22 @@ def collect(binaries):
         for name, pretty in zip(mangled, demangle(mangled)):
             r = resources[name]
             t = threads.get(name, 1024)
+            instructions = sass.get(name, [])
             kernels[pretty] = dict(r, threads=t, blocks_per_sm=blocks_per_sm(r["registers"], t, r["shared"]),
-                                   instructions=sass.get(name, []),
-                                   sass_lines=len(sass.get(name, [])))
+                                   instructions=instructions, sass_lines=len(instructions),
+                                   hot_loops=hot_loop_figures(instructions))
     return kernels
 
 
-def short(name, width=110):
-    name = re.sub(r"\(([^()]|\([^()]*\))*\)$", "", name).replace("void ", "")
-    return name if len(name) <= width else name[:width - 3] + "..."
-
-
-def case_rows(kernels):
-    rows = []
-    for case, pattern, elements, target, which in CASES:
-        matches = [k for k in kernels if re.search(pattern, k)]
-        if not matches:
-            rows.append({"case": case, "missing": True, "target": target})
-            continue
-        k = kernels[matches[0]]
-        hot_loop = hot_loop_size(k["instructions"], which)
-        per_element = None if hot_loop is None else hot_loop / elements
-        wide_loads = wide_loads_in_hot_loop(k["instructions"], which)
-        in_flight_kb = wide_loads * 16 * k["threads"] * k["blocks_per_sm"] / 1024
-        rows.append({"case": case, "kernel": short(matches[0], 90), "registers": k["registers"], "stack": k["stack"],
-                     "in_flight_kb": in_flight_kb,
-                     "threads": k["threads"], "blocks_per_sm": k["blocks_per_sm"], "hot_loop": hot_loop,
-                     "elements": elements, "per_element": per_element, "target": target})
-    return rows
-
-
-def fmt(v, spec="{}"):
-    return "—" if v is None else spec.format(v)
-
-
-def print_cases(rows):
-    print("| case | regs | stack | threads | blocks/SM | KB in flight/SM | hot loop | elements | SASS / element | target |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        if r.get("missing"):
-            print(f"| {r['case']} | kernel not found | | | | | | | | {fmt(r['target'])} |")
-            continue
-        print(f"| {r['case']} | {r['registers']} | {r['stack']} | {r['threads']} | {r['blocks_per_sm']} | "
-              f"{r['in_flight_kb']:.0f} | "
-              f"{fmt(r['hot_loop'])} | {r['elements']} | {fmt(r['per_element'], '{:.1f}')} | {fmt(r['target'])} |")
+def load_json(path):
+    """Kernels as saved by --json, and whether they carry hot-loop figures (a JSON written before these were
+    saved has none: its cases then have no SASS / element)."""
+    with open(path) as f:
+        kernels = json.load(f)
+    has_hot_loops = any("hot_loops" in k for k in kernels.values())
+    for k in kernels.values():
+        k.setdefault("hot_loops", None)
+    return kernels, has_hot_loops
 
 
 def print_all(kernels):
@@ -321,35 +292,26 @@ def print_all(kernels):
     print("|---|---|---|---|---|---|---|")
     for name in sorted(kernels):
         k = kernels[name]
+        figures = k["hot_loops"]
         print(f"| {short(name)} | {k['registers']} | {k['stack']} | {k['threads']} | {k['blocks_per_sm']} | "
-              f"{k['sass_lines']} | {fmt(hot_loop_size(k['instructions']))} |")
+              f"{k['sass_lines']} | {fmt(figures and figures['innermost']['size'])} |")
 
 
-def check(kernels, rows, baseline):
-    """Regressions against the baseline: a tracked case that vanished or lost its hot loop, more SASS / element
-    than its baseline (by > 3 %), fewer blocks per SM; a stack frame or local memory in any kernel, except the
-    baseline's listed ones (which may not grow). The issue's targets are reported, not enforced."""
-    problems = []
-    for r in rows:
-        base = baseline.get("cases", {}).get(r["case"])
-        if r.get("missing"):
-            problems.append(f"{r['case']}: kernel not found")
-            continue
-        if r["per_element"] is None:
-            problems.append(f"{r['case']}: no hot loop with a 128-bit load found")
-            continue
-        if base is None:
-            continue
-        if r["per_element"] > base["per_element"] * 1.03:
-            problems.append(f"{r['case']}: {r['per_element']:.1f} SASS / element, baseline {base['per_element']:.1f}")
-        if r["blocks_per_sm"] < base["blocks_per_sm"]:
-            problems.append(f"{r['case']}: {r['blocks_per_sm']} blocks / SM, baseline {base['blocks_per_sm']}")
-    allowed = baseline.get("stack_allowed", {})
-    for name, k in kernels.items():
-        frame = k["stack"] + k["local"]
-        if frame > allowed.get(short(name, 10**6), 0):
-            problems.append(f"{short(name)}: stack frame {k['stack']} B, local {k['local']} B")
-    return problems
+def kernels_of(binary, source):
+    """Kernels of the given binaries, of the .cu files compiled to cubins, or of the built extension."""
+    binaries = list(binary or [])
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in source or []:
+            binaries.append(compile_cubin(path, tmp))
+        if not binaries:
+            found = default_binary()
+            if found is None:
+                sys.exit("sass_report: no focal_cuda/_C*.so: build the extension with CUDA first")
+            binaries = [found]
+        kernels = collect(binaries)
+    if not kernels:
+        sys.exit(f"sass_report: no CUDA kernels in {binaries} (was it built without CUDA?)")
+    return kernels, binaries
 
 
 def main():
@@ -361,24 +323,27 @@ def main():
     parser.add_argument("--baseline", default=BASELINE)
     parser.add_argument("--write-baseline", action="store_true")
     parser.add_argument("--json", help="write every kernel's figures here")
+    parser.add_argument("--from-json", metavar="PATH", help="report from a JSON saved by --json (no cuobjdump)")
     args = parser.parse_args()
 
-    binaries = list(args.binary or [])
-    with tempfile.TemporaryDirectory() as tmp:
-        for source in args.source or []:
-            binaries.append(compile_cubin(source, tmp))
-        if not binaries:
-            binary = default_binary()
-            if binary is None:
-                sys.exit("sass_report: no focal_cuda/_C*.so: build the extension with CUDA first")
-            binaries = [binary]
-        kernels = collect(binaries)
-    if not kernels:
-        sys.exit(f"sass_report: no CUDA kernels in {binaries} (was it built without CUDA?)")
-    rows = case_rows(kernels)
-    print(f"SASS report (sm_90) of {', '.join(os.path.relpath(b, ROOT) if b.startswith(ROOT) else b for b in binaries)}:"
-          f" {len(kernels)} kernels")
+    has_hot_loops = True
+    if args.from_json:
+        if args.binary or args.source:
+            sys.exit("sass_report: --from-json replaces --binary / --source")
+        kernels, has_hot_loops = load_json(args.from_json)
+        if not has_hot_loops and (args.check or args.write_baseline):
+            sys.exit(f"sass_report: {args.from_json} has no hot-loop figures: no --check / --write-baseline from it")
+        origin = f"the saved {args.from_json}"
+    else:
+        kernels, binaries = kernels_of(args.binary, args.source)
+        origin = ", ".join(os.path.relpath(b, ROOT) if b.startswith(ROOT) else b for b in binaries)
+    rows = case_rows(kernels, has_hot_loops)
+    print(f"SASS report (sm_90) of {origin}: {len(kernels)} kernels")
+    if not has_hot_loops:
+        print("(this JSON predates saved hot-loop figures: no SASS / element; rerun with --json on the binary)")
     print_cases(rows)
+    print()
+    sass_budget.print_budget(rows)
     if args.all:
         print()
         print_all(kernels)
@@ -402,7 +367,12 @@ def main():
         if os.path.exists(args.baseline):
             with open(args.baseline) as f:
                 baseline = json.load(f)
-        problems = check(kernels, rows, baseline)
+        warnings = []
+        problems = check(kernels, rows, baseline, warnings)
+        for w in warnings:
+            print(f"WARNING (new case, not in the baseline): {w}")
+        for line in sass_budget.over_budget(rows):
+            print(f"OVER BUDGET (reported, not a failure): {line}")
         for p in problems:
             print(f"REGRESSION: {p}")
         if problems:

@@ -37,7 +37,7 @@ def device(request):
 
 
 # Backends the kernel grids (tests/test_grids.py) run on: the CPU kernels, and the CUDA launchers + kernels
-# executed on the host through design.md section 6's focal_cuda.testing.emulated_cuda() (same tensors, on CPU).
+# executed on the host through docs/design.md section 6's focal_cuda.testing.emulated_cuda() (same tensors, on CPU).
 backends = ["cpu", "emulated_cuda"]
 
 
@@ -46,9 +46,9 @@ def _emulation():
     try:
         from focal_cuda import testing
     except ImportError as error:
-        return None, f"focal_cuda.testing does not exist yet (design.md section 6): {error}"
+        return None, f"focal_cuda.testing does not exist yet (docs/design.md section 6): {error}"
     if not hasattr(testing, "emulated_cuda"):
-        return None, "focal_cuda.testing has no emulated_cuda() yet (design.md section 6)"
+        return None, "focal_cuda.testing has no emulated_cuda() yet (docs/design.md section 6)"
     import os
 
     import focal_cuda

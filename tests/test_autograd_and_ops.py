@@ -146,9 +146,10 @@ def test_opcheck_bwd(device, loss, reduction):
         output, grad, grad_scale = fwd(*fwd_args)
     assert grad.shape == fwd_args[0].shape
     grad_output = torch.randn(output.shape, device=device)
-    bwd = getattr(torch.ops.focal_cuda, f"{loss}_focal_bwd").default
-    opcheck(bwd, (grad_output, grad, grad_scale, REDUCTION_CODE[reduction]))
-    grad_input = bwd(grad_output, grad, grad_scale, REDUCTION_CODE[reduction])
+    bwd = torch.ops.focal_cuda.focal_bwd.default
+    args = (grad, grad_output, grad_scale, REDUCTION_CODE[reduction], loss == "softmax")
+    opcheck(bwd, args)
+    grad_input = bwd(*args)
     if reduction == "none":
         broadcast = grad_output.unsqueeze(1) if loss == "softmax" else grad_output
         torch.testing.assert_close(grad_input, grad * broadcast)
@@ -170,14 +171,14 @@ def test_fwd_without_compute_grad_returns_empty_grad(device, loss):
 
 
 # Ops without tensors (counters, diagnostics): nothing for opcheck to check; each has its own test.
-DIAGNOSTIC_OPS = {"kernel_launches", "parallel_threads_used"}
+DIAGNOSTIC_OPS = {"kernel_launches", "occupancy_queries", "parallel_threads_used"}
 
 
 def test_every_op_is_covered_by_opcheck():
     """A new op registered under focal_cuda must get an opcheck test here."""
-    covered = {f"{loss}_focal_{kind}" for loss in ("sigmoid", "softmax", "binary") for kind in ("fwd", "bwd")}
+    covered = {f"{loss}_focal_fwd" for loss in ("sigmoid", "softmax", "binary")} | {"focal_bwd"}
     covered |= {"varifocal_fwd", "quality_focal_fwd", "asymmetric_fwd"}  # tests/test_focal_family.py::test_opcheck
-    covered |= {"apply_grad_output_"}  # tests/test_backward_memory.py::test_in_place_op_passes_opcheck
+    covered |= {"focal_bwd_"}  # tests/test_backward_memory.py::test_in_place_op_passes_opcheck
     registered = {
         name.split("::")[1].split(".")[0]
         for name in torch._C._dispatch_get_all_op_names()

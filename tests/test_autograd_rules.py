@@ -1,4 +1,4 @@
-"""Autograd is right or refuses in words (design.md section 2, "Autograd"; issue 17, item 4): first derivatives with
+"""Autograd is right or refuses in words (docs/design.md section 2, "Autograd"; issue 17, item 4): first derivatives with
 respect to the input work; double backward, forward-mode AD, torch.func transforms and a target / normalizer /
 alpha that requires grad raise a clear error at the point of use, never a dropped term, None or 0 in silence; the
 backward writes its result over the forward's gradient only where nobody else can read it; `normalizer` goes with

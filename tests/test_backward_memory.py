@@ -1,7 +1,7 @@
 """Backward memory: when autograd reads the forward's saved gradient no more (no retain_graph, no create_graph,
 nothing tracing) and nobody else can (no saved_tensors_hooks, no alias of it), the backward applies grad_output
-in place over it (the apply_grad_output_ op), so a forward + backward holds one gradient-sized buffer, as
-F.cross_entropy does; otherwise it takes the out-of-place *_bwd op and leaves the saved gradient as it was.
+in place over it (the focal_bwd_ op), so a forward + backward holds one gradient-sized buffer, as
+F.cross_entropy does; otherwise it takes the out-of-place focal_bwd op and leaves the saved gradient as it was.
 
 Each test states one behaviour, on the CPU kernels and on the emulated CUDA kernels (`backend`): gradients equal
 the out-of-place result exactly (same kernel, same rounding) and focal_cuda.reference within the tolerance table,
@@ -284,30 +284,30 @@ def test_in_place_op_equals_the_backward_op(case, loss_name):
     # grad_scale 2: a 'mean'/'sum' factor the op must apply (the CPU forward folds the mean in and saves 1)
     grad_scale = torch.tensor(2.0)
     grad_output = torch.randn(loss.shape)
-    backward_op = ops.softmax_focal_bwd if loss_name.startswith("softmax") else ops.sigmoid_focal_bwd
-    expected = backward_op(grad_output, grad, grad_scale, REDUCTIONS[case.reduction])
-    ops.apply_grad_output_(grad, grad_output, grad_scale, REDUCTIONS[case.reduction], loss_name.startswith("softmax"))
+    class_dim_reduced = loss_name.startswith("softmax")
+    expected = ops.focal_bwd(grad, grad_output, grad_scale, REDUCTIONS[case.reduction], class_dim_reduced)
+    ops.focal_bwd_(grad, grad_output, grad_scale, REDUCTIONS[case.reduction], class_dim_reduced)
     assert torch.equal(grad, expected)
 
 
 def test_in_place_op_passes_opcheck(case, loss_name):
     loss, grad, ops = forward_outputs(case)
     args = (grad, torch.randn(loss.shape), torch.tensor(0.5), REDUCTIONS[case.reduction], loss_name.startswith("softmax"))
-    torch.library.opcheck(ops.apply_grad_output_.default, args)
+    torch.library.opcheck(ops.focal_bwd_.default, args)
 
 
 def test_in_place_op_rejects_a_non_contiguous_grad(backend):
     ops = ops_for(torch.empty(0))
     grad = torch.randn(7, 13).t()
     with pytest.raises(ValueError, match=r"grad: expected a contiguous tensor .* got strides \[1, 13\]"):
-        ops.apply_grad_output_(grad, torch.randn(13, 7), torch.tensor(1.0), REDUCTIONS["none"], False)
+        ops.focal_bwd_(grad, torch.randn(13, 7), torch.tensor(1.0), REDUCTIONS["none"], False)
 
 
 def test_in_place_op_rejects_a_grad_output_of_another_dtype(backend):
     ops = ops_for(torch.empty(0))
     grad = torch.randn(13, 7, dtype=torch.float16)
     with pytest.raises(TypeError, match="grad_output: expected dtype Half .* got Float"):
-        ops.apply_grad_output_(grad, torch.randn(13, 7), torch.tensor(1.0), REDUCTIONS["none"], False)
+        ops.focal_bwd_(grad, torch.randn(13, 7), torch.tensor(1.0), REDUCTIONS["none"], False)
     assert grad.dtype == torch.float16
 
 

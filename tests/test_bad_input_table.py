@@ -92,7 +92,7 @@ rows = [
     Row("sigmoid/gamma-int-beyond-float-range", ValueError, "gamma",
         lambda d, o: call(sigmoid, logits(d), probs(d), gamma=10**400)),
     Row("sigmoid/alpha-minus-inf", ValueError, "alpha", lambda d, o: call(sigmoid, logits(d), probs(d), alpha=-inf)),
-    # a tensor alpha holds C per-class values (design.md section 5): one value for several classes is an error
+    # a tensor alpha holds C per-class values (docs/design.md section 5): one value for several classes is an error
     Row("sigmoid/alpha-tensor-not-one-per-class", ValueError, "alpha",
         lambda d, o: call(sigmoid, logits(d), probs(d), alpha=torch.tensor(0.25, device=d))),
     Row("sigmoid/alpha-string", TypeError, "alpha", lambda d, o: call(sigmoid, logits(d), probs(d), alpha="0.25")),

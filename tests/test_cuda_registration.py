@@ -15,9 +15,8 @@ OPS = [
     "sigmoid_focal_fwd",
     "softmax_focal_fwd",
     "binary_focal_fwd",
-    "sigmoid_focal_bwd",
-    "softmax_focal_bwd",
-    "binary_focal_bwd",
+    "focal_bwd",
+    "focal_bwd_",
     "varifocal_fwd",
     "quality_focal_fwd",
     "asymmetric_fwd",
@@ -64,15 +63,15 @@ def test_cuda_forward_and_backward_run_on_device(reduction):
     x = torch.randn(8, 5, device="cuda")
     calls = {
         "sigmoid": (ops.sigmoid_focal_fwd(x, torch.rand_like(x), 0.25, 2.0, reduction, -100, 0.0, None, True),
-                    ops.sigmoid_focal_bwd),
+                    False),
         "softmax": (ops.softmax_focal_fwd(x, torch.randint(0, 5, (8,), device="cuda"), None, 2.0, reduction, -100,
-                                          0.0, None, True), ops.softmax_focal_bwd),
+                                          0.0, None, True), True),
         "binary": (ops.binary_focal_fwd(torch.rand_like(x), torch.rand_like(x), 0.25, 2.0, reduction, True),
-                   ops.binary_focal_bwd),
+                   False),
     }
-    for name, ((loss, grad, grad_scale), bwd) in calls.items():
+    for name, ((loss, grad, grad_scale), class_dim_reduced) in calls.items():
         for what, tensor in (("loss", loss), ("grad", grad), ("grad_scale", grad_scale)):
             assert tensor.device == x.device, f"{name} {what}: on {tensor.device}, expected {x.device}"
-        grad_input = bwd(torch.ones_like(loss), grad, grad_scale, reduction)
+        grad_input = ops.focal_bwd(grad, torch.ones_like(loss), grad_scale, reduction, class_dim_reduced)
         assert grad_input.shape == x.shape and grad_input.device == x.device, f"{name} backward"
         assert torch.isfinite(grad_input).all(), f"{name} backward: non-finite gradient"

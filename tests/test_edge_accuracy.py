@@ -1,4 +1,4 @@
-"""Accuracy to the last digits at the edges (design.md §2), on the CPU kernels and the emulated CUDA kernels.
+"""Accuracy to the last digits at the edges (docs/design.md §2), on the CPU kernels and the emulated CUDA kernels.
 
 Every element of loss and gradient is compared, relatively, with float64 math on the same (upcast) inputs:
 within 1e-5 for float32 and 1e-12 for float64 wherever the float64 value is a normal number of the tested dtype.

@@ -1,4 +1,4 @@
-"""The CUDA launchers and kernels, executed without a GPU by the SIMT emulator (design.md §6).
+"""The CUDA launchers and kernels, executed without a GPU by the SIMT emulator (docs/design.md §6).
 
 Every case runs under two thread schedules (forward and reversed order between sync points): the results
 must be bitwise equal (a missing __syncthreads or an unordered reduction shows up here), and match the

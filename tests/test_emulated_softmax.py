@@ -1,4 +1,4 @@
-"""The softmax kernels' thread layouts, executed by the SIMT emulator (design.md §6): lanes x slots per row in
+"""The softmax kernels' thread layouts, executed by the SIMT emulator (docs/design.md §6): lanes x slots per row in
 the warp kernel, misaligned row starts (odd C, offset base), row groups and chunks in the block kernel, class
 groups in the spatial kernel. Each case: two thread schedules bitwise equal, the float64 reference within the
 dtype's tolerance (check_emulated), and one launch per forward.

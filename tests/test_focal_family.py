@@ -1,4 +1,4 @@
-"""The focal family (design.md §5): per-element / per-row / per-class weight, per-class sigmoid alpha, Poly-1,
+"""The focal family (docs/design.md §5): per-element / per-row / per-class weight, per-class sigmoid alpha, Poly-1,
 Varifocal, Quality Focal and Asymmetric loss, on the CPU kernels and the emulated CUDA kernels (`backend`).
 
 Each loss is compared with focal_cuda.reference (float64, value and gradient under a random grad_output),
@@ -14,6 +14,7 @@ import focal_cuda
 from focal_cuda import reference
 
 from conftest import check_against_reference, floating_dtypes, reductions
+from naive_formulas import naive
 
 FAMILY = {
     "varifocal": (focal_cuda.varifocal_loss, reference.varifocal_loss),
@@ -283,53 +284,14 @@ def test_class_index_targets_equal_their_dense_form(backend):
         torch.testing.assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0])
 
 
-# ---- the formulas as the original repositories write them ---------------------------------------------------------
-
-def mmdet_varifocal_loss(pred, target, alpha=0.75, gamma=2.0, iou_weighted=True):
-    """mmdet/models/losses/varifocal_loss.py (reduction 'sum')."""
-    pred_sigmoid = pred.sigmoid()
-    target = target.type_as(pred)
-    if iou_weighted:
-        focal_weight = target * (target > 0.0).float() + \
-            alpha * (pred_sigmoid - target).abs().pow(gamma) * (target <= 0.0).float()
-    else:
-        focal_weight = (target > 0.0).float() + \
-            alpha * (pred_sigmoid - target).abs().pow(gamma) * (target <= 0.0).float()
-    return (F.binary_cross_entropy_with_logits(pred, target, reduction="none") * focal_weight).sum()
-
-
-def mmdet_quality_focal_loss_tensor_target(pred, target, beta=2.0):
-    """mmdet/models/losses/gfocal_loss.py, quality_focal_loss_tensor_target (activated=False, 'sum')."""
-    pred_sigmoid = pred.sigmoid()
-    scale_factor = (pred_sigmoid - target).abs().pow(beta)
-    return (F.binary_cross_entropy_with_logits(pred, target, reduction="none") * scale_factor).sum()
-
-
-def miil_asymmetric_loss(x, y, gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-8, disable_torch_grad_focal_loss=True):
-    """Alibaba-MIIL/ASL src/loss_functions/losses.py, AsymmetricLoss.forward (returns -loss.sum())."""
-    x_sigmoid = torch.sigmoid(x)
-    xs_pos = x_sigmoid
-    xs_neg = 1 - x_sigmoid
-    if clip is not None and clip > 0:
-        xs_neg = (xs_neg + clip).clamp(max=1)
-    los_pos = y * torch.log(xs_pos.clamp(min=eps))
-    los_neg = (1 - y) * torch.log(xs_neg.clamp(min=eps))
-    loss = los_pos + los_neg
-    if gamma_neg > 0 or gamma_pos > 0:
-        with torch.set_grad_enabled(not disable_torch_grad_focal_loss):
-            pt = xs_pos * y + xs_neg * (1 - y)
-            one_sided_gamma = gamma_pos * y + gamma_neg * (1 - y)
-            one_sided_w = torch.pow(1 - pt, one_sided_gamma)
-        loss *= one_sided_w
-    return -loss.sum()
-
+# ---- the formulas as the original repositories write them (benchmarks/naive.py) -------------------------------------
 
 @pytest.mark.parametrize("iou_weighted", [True, False])
 def test_varifocal_matches_mmdet(backend, iou_weighted):
     x = logits((40, 8), scale=2.0).double().requires_grad_(True)
     q = torch.rand(40, 8, dtype=torch.float64) * (torch.rand(40, 8) > 0.7)
     loss = focal_cuda.varifocal_loss(x, q, iou_weighted=iou_weighted, reduction="sum")
-    expected = mmdet_varifocal_loss(x, q, iou_weighted=iou_weighted)
+    expected = naive.mmdet_varifocal_loss(x, q, iou_weighted=iou_weighted, reduction="sum")
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(torch.autograd.grad(loss, x)[0], torch.autograd.grad(expected, x)[0])
 
@@ -338,7 +300,7 @@ def test_quality_focal_matches_mmdet(backend):
     x = logits((40, 8), scale=2.0).double().requires_grad_(True)
     y = torch.rand(40, 8, dtype=torch.float64) * (torch.rand(40, 8) > 0.7)
     loss = focal_cuda.quality_focal_loss(x, y, reduction="sum")
-    expected = mmdet_quality_focal_loss_tensor_target(x, y)
+    expected = naive.mmdet_quality_focal_loss_tensor_target(x, y, reduction="sum")
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(torch.autograd.grad(loss, x)[0], torch.autograd.grad(expected, x)[0])
 
@@ -349,7 +311,7 @@ def test_asymmetric_matches_alibaba_miil(backend, detach):
     y = (torch.rand(40, 8) > 0.8).double()
     loss = focal_cuda.asymmetric_loss(x, y, gamma_pos=1.0, gamma_neg=4.0, clip=0.05, reduction="sum",
                                       detach_modulation=detach)
-    expected = miil_asymmetric_loss(x, y, disable_torch_grad_focal_loss=detach)
+    expected = naive.AsymmetricLoss(disable_torch_grad_focal_loss=detach)(x, y)  # the original's -loss.sum()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(torch.autograd.grad(loss, x)[0], torch.autograd.grad(expected, x)[0])
 
@@ -387,13 +349,39 @@ def test_opcheck(name, reduction):
     code = {"none": 0, "mean": 1, "sum": 2}[reduction]
     x = torch.randn(6, 5, requires_grad=True)
     t = torch.randint(0, 6, (6,))
-    score, weight = torch.rand(6), torch.rand(6, 1)
+    score, weight, per_row = torch.rand(6), torch.rand(6), 1  # weight_mode 1: one weight per row
     args = {
-        "varifocal_fwd": (x, t, score, 0.75, 2.0, True, code, -100, None, True, weight),
-        "quality_focal_fwd": (x, t, score, 2.0, code, -100, torch.tensor(3.0), True, weight),
-        "asymmetric_fwd": (x, t, 1.0, 4.0, 0.05, 1e-8, True, code, -100, None, True, weight),
+        "varifocal_fwd": (x, t, score, 0.75, 2.0, True, code, -100, None, True, weight, per_row),
+        "quality_focal_fwd": (x, t, score, 2.0, code, -100, torch.tensor(3.0), True, weight, per_row),
+        "asymmetric_fwd": (x, t, 1.0, 4.0, 0.05, 1e-8, True, code, -100, None, True, weight, per_row),
     }[name]
     opcheck(getattr(torch.ops.focal_cuda, name).default, args)
+
+
+@pytest.mark.parametrize("mode,weight_shape,message", [
+    (0, (6,), r"weight: expected the input's shape \[6, 5\] \(weight_mode 0, per element\), got \[6\]"),
+    (1, (6, 1), r"weight: expected one weight per row, shape input.shape\[:-1\] = \[6\] \(weight_mode 1\)"),
+    (2, (1, 5), r"weight: expected one weight per class, shape \(5,\) \(weight_mode 2\), got \[1, 5\]"),
+    (3, (6, 5), r"weight_mode: expected 0 \(per element\), 1 \(per row\) or 2 \(per class\), got 3"),
+], ids=["element", "row", "class", "unknown"])
+def test_op_checks_the_weight_against_its_declared_layout(mode, weight_shape, message):
+    """functional.py decides the weight's layout and passes it as weight_mode; the op checks the shape against it
+    (no layout is inferred from a shape in C++)."""
+    x, t = torch.randn(6, 5), torch.rand(6, 5)
+    with pytest.raises(ValueError, match=message):
+        torch.ops.focal_cuda.sigmoid_focal_fwd(x, t, 0.25, 2.0, 1, -100, 0.0, None, False, torch.rand(weight_shape),
+                                               mode)
+
+
+def test_op_takes_one_alpha_or_per_class_alphas_not_both():
+    x, t = torch.randn(6, 5), torch.rand(6, 5)
+    with pytest.raises(ValueError, match="alpha: expected one number or C per-class values"):
+        torch.ops.focal_cuda.sigmoid_focal_fwd(x, t, 0.25, 2.0, 1, -100, 0.0, None, False, None, 0, torch.rand(5))
+    with pytest.raises(ValueError, match="alpha: expected None .* or a number >= 0, got -1"):
+        torch.ops.focal_cuda.binary_focal_fwd(torch.rand(6, 5), t, -1.0, 2.0, 1, False)
+    with pytest.raises(ValueError, match=r"alpha: expected 5 per-class values .* got a tensor of shape \[4\]"):
+        torch.ops.focal_cuda.softmax_focal_fwd(x, torch.randint(0, 5, (6,)), torch.rand(4), 2.0, 1, -100, 0.0, None,
+                                               False)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY))
@@ -473,7 +461,7 @@ def test_bad_input(case):
     assert torch.equal(x.detach(), before)
 
 
-# ---- edges where the family once lost every digit (design.md §2; tests/test_edge_accuracy.py has the full grid) --
+# ---- edges where the family once lost every digit (docs/design.md §2; tests/test_edge_accuracy.py has the full grid) --
 
 
 def test_asymmetric_easy_positive_uses_the_logit_form(backend):

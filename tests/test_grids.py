@@ -156,7 +156,7 @@ def test_sigmoid_saturated_logits(backend, form, magnitude, gamma):
 @pytest.mark.parametrize("gamma", GRID_GAMMAS)
 @pytest.mark.parametrize("magnitude", SATURATION)
 def test_sigmoid_soft_targets_near_1_at_saturated_logits_keep_their_digits(backend, magnitude, gamma):
-    """design.md section 2: BCE on logits without cancellation. For t = 1 - k 2**-13 and x ~ +1e4 the loss is
+    """docs/design.md section 2: BCE on logits without cancellation. For t = 1 - k 2**-13 and x ~ +1e4 the loss is
     x (1 - t) ~ 1.2 k, which max(x, 0) - t x would get wrong by up to half an ulp of x (5e-4): a few elements of
     every such input then miss the table's float32 tolerance."""
     input = (magnitude + torch.randn(13, 17, dtype=torch.float64) * 0.5).abs().to(torch.float32)

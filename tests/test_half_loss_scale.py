@@ -1,4 +1,4 @@
-"""fp16 gradients survive the loss scale (design.md §2).
+"""fp16 gradients survive the loss scale (docs/design.md §2).
 
 The gradient is computed in the forward and stored in fp16 before grad_output is known. Under a GradScaler the
 final gradient is (stored gradient) x 2**15 (x 1/N for 'mean'): many easy examples' gradients lie below fp16's

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import focal_cuda
 from focal_cuda import reference
 from conftest import reductions
+from naive_formulas import naive
 
 implementations = [pytest.param(focal_cuda, id="focal_cuda"), pytest.param(reference, id="reference")]
 
@@ -73,20 +74,7 @@ def test_sigmoid_label_smoothing_is_a_target_transform(device, impl):
         torch.testing.assert_close(ours[1], expected[1])
 
 
-def torchvision_sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
-    """torchvision.ops.sigmoid_focal_loss, written out."""
-    p = torch.sigmoid(inputs)
-    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce_loss * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-        loss = alpha_t * loss
-    if reduction == "mean":
-        loss = loss.mean()
-    elif reduction == "sum":
-        loss = loss.sum()
-    return loss
+torchvision_sigmoid_focal_loss = naive.sigmoid_focal_loss  # torchvision.ops.sigmoid_focal_loss's formula
 
 
 @pytest.mark.parametrize("impl", implementations)
@@ -133,21 +121,13 @@ def test_sigmoid_ignored_index_rows_equal_dropping_them(device, impl):
 
 
 def classic_focal_loss(inputs, targets, alpha, gamma=2.0, size_average=True):
-    """The classic FocalLoss(class_num, alpha, gamma, size_average).forward, written out."""
-    P = F.softmax(inputs, dim=1)
-    class_mask = torch.zeros_like(inputs).scatter_(1, targets.view(-1, 1), 1.0)
-    alpha = alpha[targets.view(-1)].view(-1, 1)
-    probs = (P * class_mask).sum(1).view(-1, 1)
-    batch_loss = -alpha * torch.pow(1 - probs, gamma) * probs.log()
-    return batch_loss.mean() if size_average else batch_loss.sum()
+    """The classic FocalLoss(class_num, alpha, gamma, size_average).forward (benchmarks/naive.py)."""
+    return naive.FocalLoss(inputs.shape[1], alpha=alpha, gamma=gamma, size_average=size_average)(inputs, targets)
 
 
 def classic_bce_focal_loss(prob, target, gamma=2, alpha=0.25):
-    """The classic BCEFocalLoss formula, applied to probabilities."""
-    return torch.mean(
-        -alpha * (1 - prob) ** gamma * target * torch.log(prob)
-        - (1 - alpha) * prob**gamma * (1 - target) * torch.log(1 - prob)
-    )
+    """The classic BCEFocalLoss(gamma, alpha) on probabilities, its default mean (benchmarks/naive.py)."""
+    return naive.BCEFocalLoss(gamma, alpha)(prob, target)
 
 
 def classic_value_and_grad(module, classic, input, target):

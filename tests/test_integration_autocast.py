@@ -153,7 +153,7 @@ def test_fp16_head_under_a_loss_scale_matches_float_math(loss_name):
     GradScaler-size loss scale (2**15, 'sum' over many easy negatives): the logits' gradient, unscaled, matches
     float64 math on the same fp16 logits to fp16 rounding wherever its scaled value is a normal fp16. The per-logit
     gradients (1e-8..1e-5) lie below fp16's range until the scale arrives, so a kernel storing them unscaled in fp16
-    loses most of them (design.md §2)."""
+    loses most of them (docs/design.md §2)."""
     torch.manual_seed(0)
     features = torch.randn(512, FEATURES)
     weight = torch.randn(80, FEATURES) * 0.1

@@ -1,5 +1,5 @@
 """focal_cuda.linear_softmax_focal_loss / LinearSoftmaxFocalLoss: softmax_focal_loss(F.linear(x, W, b), target)
-computed in row chunks without the full logits (design.md §5, last bullet).
+computed in row chunks without the full logits (docs/design.md §5, last bullet).
 
 Every result is compared with the unfused composition in the same dtype (focal_cuda.softmax_focal_loss of
 F.linear) and with float64 ground truth (focal_cuda.reference on F.linear of the same values in float64): the

@@ -1,4 +1,4 @@
-"""One rule for non-finite inputs, the same on both backends (design.md §2, README "Non-finite inputs"):
+"""One rule for non-finite inputs, the same on both backends (docs/design.md §2, README "Non-finite inputs"):
 
 - NaN or inf in a counted element's logit / target / score / weight reaches loss and gradient as torch's
   formula would: a NaN input makes its element's loss NaN, and nothing leaks into other rows;

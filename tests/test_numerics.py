@@ -180,7 +180,7 @@ def test_numerics_table_claims():
 @pytest.mark.parametrize("x", [10.0, 100.0, 1e4, -10.0, -1e4])
 @pytest.mark.parametrize("t", [0.999, 1 - 5.3e-4, 1e-3])
 def test_sigmoid_soft_target_near_0_or_1_at_large_logits_has_no_cancellation(device, x, t):
-    """design.md section 2: BCE on logits without cancellation for any t in [0, 1] at any |x|. In float32,
+    """docs/design.md section 2: BCE on logits without cancellation for any t in [0, 1] at any |x|. In float32,
     max(x, 0) - t x loses the digits of x (1 - t): 3.6e-5 relative at x = 10, t = 0.999, 1e-4 at x = 1e4 (found by
     the fuzz: class index target with label smoothing 1e-3). t is the float32 value given, so the float64 reference
     sees the same t; compared relatively, without the absolute floor."""

@@ -97,3 +97,109 @@ def test_check_flags_a_new_or_grown_stack_frame_only():
     baseline = {"cases": {}, "stack_allowed": {"k<double>": 16}}
     problems = sass_report.check(kernels, [], baseline)
     assert len(problems) == 1 and "k<float>" in problems[0]
+
+
+def test_hot_loop_figures_give_the_hot_loop_and_its_wide_loads():
+    figures = sass_report.hot_loop_figures(parsed(UNSWITCHED))
+    assert figures["innermost"] == figures["outermost"] == {"size": 7, "wide_loads": 1}
+
+
+# ---- the budget model (scripts/sass_budget.py) -------------------------------------------------------------
+
+budget = sass_report.sass_budget
+H200, H100, A100, RTX4090 = budget.GPUS
+
+
+def fraction(per_element, bytes_per_element, gpu):
+    return budget.hbm_fraction(per_element, bytes_per_element, *gpu[1:])
+
+
+@pytest.mark.parametrize("bytes_per_element", [4, 6])
+def test_h200_is_at_bandwidth_at_6_2_instructions_per_byte_and_at_80_percent_at_7_7(bytes_per_element):
+    # 132 SMs x 128 lanes x 1.755 GHz = 29.65 T instructions/s against 4.8 TB/s: 6.18 instructions per byte.
+    assert fraction(6.0 * bytes_per_element, bytes_per_element, H200) == 1.0
+    assert fraction(6.2 * bytes_per_element, bytes_per_element, H200) == pytest.approx(0.996, abs=0.002)
+    assert fraction(7.7 * bytes_per_element, bytes_per_element, H200) == pytest.approx(0.802, abs=0.002)
+    assert fraction(12.36 * bytes_per_element, bytes_per_element, H200) == pytest.approx(0.5, abs=0.002)
+
+
+@pytest.mark.parametrize("gpu, per_byte", [(H100, 9.99), (A100, 9.75), (RTX4090, 41.3)])
+def test_break_even_instructions_per_byte_of_the_other_gpus(gpu, per_byte):
+    assert fraction(per_byte * 1.01 * 4, 4, gpu) == pytest.approx(1 / 1.01, abs=0.002)
+    assert fraction(per_byte * 2 * 4, 4, gpu) == pytest.approx(0.5, abs=0.002)
+
+
+def test_budget_row_within_and_over():
+    within = budget.add_budget({"case": "a", "per_element": 44.4}, 6, 46)
+    over = budget.add_budget({"case": "b", "per_element": 56.8}, 4, 30)
+    assert within["within_budget"] is True and over["within_budget"] is False
+    assert over["hbm"]["H200"] == pytest.approx(0.435, abs=0.002)
+    assert [line.split(":")[0] for line in budget.over_budget([within, over])] == ["b"]
+    unbudgeted = budget.add_budget({"case": "c", "missing": True}, 6, None)
+    assert unbudgeted["within_budget"] is None and unbudgeted["hbm"]["H200"] is None
+
+
+@pytest.mark.parametrize("name, case", [
+    ("void apply_grad_output_kernel<c10::BFloat16>(c10::BFloat16 const*, long)", "backward bf16"),
+    ("void apply_grad_output_kernel<c10::BFloat16, (focal::cuda::GradOutputLayout)0>(long)", "backward bf16"),
+    ("void apply_grad_output_kernel<c10::BFloat16, (focal::cuda::GradOutputLayout)3>(long)",
+     "backward none spatial bf16"),
+    ("void apply_grad_output_kernel<c10::BFloat16, (GradOutputLayout)3>(long)", "backward none spatial bf16"),
+    ("void apply_grad_output_kernel<c10::BFloat16, focal::cuda::GradOutputLayout::kSpatialVector>(long)",
+     "backward none spatial bf16"),
+    ("void apply_grad_output_kernel<float, (focal::cuda::GradOutputLayout)3>(long)", None),
+])
+def test_backward_cases_match_the_kernel_before_and_after_the_layout_parameter(name, case):
+    import re
+    assert [c[0] for c in budget.CASES if re.search(c[1], name)] == ([case] if case else [])
+
+
+def test_check_warns_on_a_missing_new_case_and_fails_on_a_missing_baseline_case():
+    rows = [{"case": "old", "missing": True}, {"case": "new", "missing": True}]
+    warnings = []
+    problems = sass_report.check({}, rows, {"cases": {"old": {"per_element": 4.5, "blocks_per_sm": 8}}}, warnings)
+    assert problems == ["old: kernel not found"] and warnings == ["new: kernel not found"]
+
+
+# ---- the command line on a saved JSON ----------------------------------------------------------------------
+
+INDEX = "void elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, (focal::cuda::Layout)3>(long)"
+
+
+def run_report(tmp_path, kernels, *args, baseline=None):
+    import json
+    import subprocess
+    import sys
+    path = tmp_path / "sass.json"
+    path.write_text(json.dumps(kernels))
+    base = tmp_path / "baseline.json"
+    base.write_text(json.dumps(baseline or {"cases": {}}))
+    return subprocess.run([sys.executable, _PATH, "--from-json", str(path), "--baseline", str(base), *args],
+                          capture_output=True, text=True)
+
+
+def saved_kernel(hot_loop=None):
+    k = dict(kernel(), shared=0, sass_lines=100)
+    if hot_loop is not None:
+        k["hot_loops"] = {w: {"size": hot_loop, "wide_loads": 2} for w in ("innermost", "outermost")}
+    return k
+
+
+def test_from_json_reports_the_budget_and_checks_without_failing_on_budgets(tmp_path):
+    # 912 / 16 = 57 SASS / element over the 4-byte index case's budget of 30: est. 43 % of HBM on an H200.
+    baseline = {"cases": {"sigmoid index bf16 g2": {"per_element": 57.0, "blocks_per_sm": 4}}}
+    done = run_report(tmp_path, {INDEX: saved_kernel(912)}, "--check", baseline=baseline)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| sigmoid index bf16 g2 | 4 | 57.0 | ≤ 30 | no | 43% | 70% | 68% | 100% |" in done.stdout
+    assert "OVER BUDGET (reported, not a failure): sigmoid index bf16 g2" in done.stdout
+    assert "WARNING (new case, not in the baseline): backward none spatial bf16: kernel not found" in done.stdout
+    assert "REGRESSION" not in done.stdout
+    # More instructions than the baseline is still a regression.
+    baseline["cases"]["sigmoid index bf16 g2"]["per_element"] = 50.0
+    assert run_report(tmp_path, {INDEX: saved_kernel(912)}, "--check", baseline=baseline).returncode == 1
+
+
+def test_from_json_without_hot_loop_figures_reports_but_refuses_check(tmp_path):
+    done = run_report(tmp_path, {INDEX: saved_kernel()})
+    assert done.returncode == 0 and "| sigmoid index bf16 g2 | 4 | — | ≤ 30 | — |" in done.stdout
+    assert run_report(tmp_path, {INDEX: saved_kernel()}, "--check").returncode != 0

@@ -1,8 +1,9 @@
 // CPU backend: prepares outputs, runs the kernels for the processor's instruction set, registers the ops.
 #include "focal_cpu_kernels.h"
+#include "backward.h"
 #include "output_buffers.h"
 
-#include "../focal_math.h"
+#include "../grad_prescale.h"
 #include "../ops.h"
 
 #include <ATen/ATen.h>
@@ -89,18 +90,25 @@ struct GradScales {
   double kernel;
   double backward;
 };
-GradScales grad_scales(const at::Tensor& input, double mean_scale, double gradient_bound) {
+GradScales grad_scales(const at::Tensor& input, double mean_scale, double prescale) {
   if (input.scalar_type() != at::kHalf) return {mean_scale, 1.0};
-  const double prescale = grad_prescale(input.scalar_type(), gradient_bound);
   return {prescale, mean_scale / prescale};
 }
 
-LossGradScale finish(const cpu::ForwardArgs& args, const cpu::ForwardSums& sums,
-                     const std::optional<at::Tensor>& normalizer, int64_t reduction, double backward_scale) {
-  const auto opmath = args.input.options().dtype(opmath_dtype(args.input));
-  return finish_forward(args.input, args.loss_none, at::scalar_tensor(sums.loss_sum, opmath),
-                        at::scalar_tensor(static_cast<double>(sums.count), opmath), args.grad, normalizer, reduction,
-                        backward_scale);
+// (loss, grad, grad_scale) from the kernel's per-element loss ('none') or its loss sum and counted elements.
+LossGradScale finish_forward(const cpu::ForwardArgs& args, const cpu::ForwardSums& sums,
+                             const std::optional<at::Tensor>& normalizer, int64_t reduction, double backward_scale) {
+  const at::Tensor& input = args.input;
+  const auto opmath = input.options().dtype(opmath_dtype(input));
+  const at::Tensor grad = args.grad.defined() ? args.grad : at::empty({0}, input.options());
+  const at::Tensor scale = at::scalar_tensor(backward_scale, opmath);
+  if (reduction == kNone) return {args.loss_none, grad, scale};
+  const at::Tensor loss_sum = at::scalar_tensor(sums.loss_sum, opmath);
+  if (reduction == kSum) return {loss_sum.to(input.scalar_type()), grad, scale};
+  const at::Tensor denominator = normalizer.has_value()
+                                     ? normalizer->to(opmath_dtype(input))
+                                     : at::scalar_tensor(static_cast<double>(std::max<int64_t>(sums.count, 1)), opmath);
+  return {(loss_sum / denominator).to(input.scalar_type()), grad, scale};
 }
 
 // prob must hold probabilities, as torch.nn.BCELoss requires on CPU: one read-only pass before any output is
@@ -135,49 +143,40 @@ LossGradScale elementwise_fwd_cpu(const ElementwiseCall& call) {
     const int64_t C = input.dim() == 0 ? 1 : input.size(-1);
     return call.target.scalar_type() == at::kLong ? counted_targets(call.target, call.ignore_index) * C
                                                   : input.numel();
-  }), elementwise_gradient_bound(call.kind, call.constants));
+  }), grad_prescale(call));
   args.grad_scale = scales.kernel;
   const auto sums = FOCAL_CPU_KERNEL(elementwise_forward, args, cpu::ElementwiseLossArgs{call.kind, call.constants});
-  return finish(args, sums, call.normalizer, call.reduction, scales.backward);
+  return finish_forward(args, sums, call.normalizer, call.reduction, scales.backward);
 }
 
-LossGradScale softmax_focal_fwd_cpu(const at::Tensor& input, const at::Tensor& target,
-                                    const std::optional<at::Tensor>& alpha, double gamma, int64_t reduction,
-                                    int64_t ignore_index, double label_smoothing,
-                                    const std::optional<at::Tensor>& normalizer, bool compute_grad,
-                                    const std::optional<at::Tensor>& weight, double poly_epsilon) {
-  check_softmax_args(input, target, alpha, reduction, normalizer);
-  check_softmax_weight(input, target, weight);
-  cpu::ForwardArgs args = make_args(input, target, target.sizes(), reduction, compute_grad);
-  if (weight.has_value()) args.weight = weight->contiguous();
-  args.poly_epsilon = poly_epsilon;
-  args.gamma = gamma;
-  args.label_smoothing = label_smoothing;
-  args.ignore_index = ignore_index;
-  const GradScales scales =
-      grad_scales(input, mean_grad_scale(reduction, normalizer, [&] { return counted_targets(target, ignore_index); }),
-                  softmax_gradient_bound(gamma, poly_epsilon));
+LossGradScale softmax_focal_fwd_cpu(const SoftmaxCall& call) {
+  cpu::ForwardArgs args = make_args(call.input, call.target, call.target.sizes(), call.reduction, call.compute_grad);
+  if (call.weight.has_value()) args.weight = call.weight->contiguous();
+  args.poly_epsilon = call.poly_epsilon;
+  args.gamma = call.gamma;
+  args.label_smoothing = call.label_smoothing;
+  args.ignore_index = call.ignore_index;
+  const GradScales scales = grad_scales(call.input, mean_grad_scale(call.reduction, call.normalizer, [&] {
+    return counted_targets(call.target, call.ignore_index);
+  }), grad_prescale(call));
   args.grad_scale = scales.kernel;
-  const at::Tensor alpha_c = alpha.has_value() ? alpha->contiguous() : at::Tensor();
-  const auto sums = FOCAL_CPU_KERNEL(softmax_focal_forward, args, alpha_c);
-  return finish(args, sums, normalizer, reduction, scales.backward);
+  const at::Tensor alpha = call.class_alpha.has_value() ? call.class_alpha->contiguous() : at::Tensor();
+  const auto sums = FOCAL_CPU_KERNEL(softmax_focal_forward, args, alpha);
+  return finish_forward(args, sums, call.normalizer, call.reduction, scales.backward);
 }
-
 
 }  // namespace
 }  // namespace focal
 
 TORCH_LIBRARY_IMPL(focal_cuda, CPU, m) {
-  using focal::ElementwiseOp;
+  using focal::ForwardOp;
   constexpr auto elementwise = &focal::elementwise_fwd_cpu;
-  m.impl("sigmoid_focal_fwd", &ElementwiseOp<elementwise, &focal::sigmoid_focal_call>::run);
-  m.impl("binary_focal_fwd", &ElementwiseOp<elementwise, &focal::binary_focal_call>::run);
-  m.impl("varifocal_fwd", &ElementwiseOp<elementwise, &focal::varifocal_call>::run);
-  m.impl("quality_focal_fwd", &ElementwiseOp<elementwise, &focal::quality_focal_call>::run);
-  m.impl("asymmetric_fwd", &ElementwiseOp<elementwise, &focal::asymmetric_call>::run);
-  m.impl("softmax_focal_fwd", &focal::softmax_focal_fwd_cpu);
-  m.impl("sigmoid_focal_bwd", &focal::elementwise_focal_bwd);
-  m.impl("softmax_focal_bwd", &focal::softmax_focal_bwd);
-  m.impl("binary_focal_bwd", &focal::elementwise_focal_bwd);
-  m.impl("apply_grad_output_", &focal::apply_grad_output_);
+  m.impl("sigmoid_focal_fwd", &ForwardOp<elementwise, &focal::sigmoid_focal_call>::run);
+  m.impl("binary_focal_fwd", &ForwardOp<elementwise, &focal::binary_focal_call>::run);
+  m.impl("varifocal_fwd", &ForwardOp<elementwise, &focal::varifocal_call>::run);
+  m.impl("quality_focal_fwd", &ForwardOp<elementwise, &focal::quality_focal_call>::run);
+  m.impl("asymmetric_fwd", &ForwardOp<elementwise, &focal::asymmetric_call>::run);
+  m.impl("softmax_focal_fwd", &ForwardOp<&focal::softmax_focal_fwd_cpu, &focal::softmax_focal_call>::run);
+  m.impl("focal_bwd", &focal::cpu::focal_bwd);
+  m.impl("focal_bwd_", &focal::cpu::focal_bwd_);
 }

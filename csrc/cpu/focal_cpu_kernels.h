@@ -28,7 +28,7 @@ struct ForwardArgs {
   double gamma = 2.0;
   double label_smoothing = 0.0;
   int64_t ignore_index = -100;
-  // The focal family (design.md §5); all optional (undefined tensors), in the opmath dtype but score.
+  // The focal family (docs/design.md §5); all optional (undefined tensors), in the opmath dtype but score.
   at::Tensor score;        // class-index targets: the target class's value per row (input dtype)
   at::Tensor weight;       // see weight_mode
   WeightMode weight_mode = WeightMode::kNone;

@@ -1,8 +1,8 @@
 // Elementwise forward kernels (sigmoid focal, binary focal, varifocal, quality focal, asymmetric: one
-// traversal, one point functor per loss), and the backward kernel that applies grad_output. One grid-stride
+// traversal, one point functor per loss). One grid-stride
 // pass computes loss and gradient with 128-bit accesses when every pointer is 16-byte aligned; a scalar loop
 // takes the tail (and everything, when unaligned). One launch per pass (finish_forward_block).
-#include "kernels_common.cuh"
+#include "reduce.cuh"
 
 namespace focal::cuda {
 
@@ -17,7 +17,8 @@ enum class Layout : int {
 
 namespace {
 
-// Point functors: (logit or prob x, target t, class col) -> loss, d loss / d x, from focal_math.h.
+// Point functors: (logit or prob x, target t, class col) -> loss, d loss / d x, from focal_math.h. target(t) is the
+// target the point takes for a target value t (label smoothing), applied once per row for class-index targets.
 // kPoly: Poly-1's epsilon is nonzero (else its terms are left out of the code, not multiplied by 0).
 template <int G, bool kPoly, typename T>
 struct SigmoidPoint {
@@ -30,9 +31,10 @@ struct SigmoidPoint {
   template <bool kHasColumn>
   __device__ __forceinline__ void apply(T x, T t, int64_t col, T& loss, T& grad) const {
     AlphaWeight<T> a = alpha;
-    if (kHasColumn && class_alpha != nullptr) a = AlphaWeight<T>{T(1) - class_alpha[col], T(2) * class_alpha[col] - T(1)};
-    sigmoid_focal_point<G, kPoly>(x, smooth_binary_target(t, smoothing), a, gamma, loss, grad, poly);
+    if (kHasColumn && class_alpha != nullptr) a = AlphaWeight<T>::of(class_alpha[col]);
+    sigmoid_focal_point<G, kPoly>(x, t, a, gamma, loss, grad, poly);
   }
+  __device__ __forceinline__ T target(T t) const { return smooth_binary_target(t, smoothing); }
 };
 
 template <int G, typename T>
@@ -46,6 +48,7 @@ struct BinaryPoint {
     CUDA_KERNEL_ASSERT(!(p < T(0) || p > T(1)) && "prob: expected values in [0, 1]");
     binary_focal_point<G>(p, t, alpha, gamma, loss, grad);
   }
+  __device__ __forceinline__ T target(T t) const { return t; }
 };
 
 template <int G, typename T>
@@ -58,6 +61,7 @@ struct VarifocalPoint {
   __device__ __forceinline__ void apply(T x, T q, int64_t, T& loss, T& grad) const {
     varifocal_point<G>(x, q, alpha, gamma, iou_weighted, loss, grad);
   }
+  __device__ __forceinline__ T target(T t) const { return t; }
 };
 
 template <int G, typename T>
@@ -68,16 +72,18 @@ struct QualityFocalPoint {
   __device__ __forceinline__ void apply(T x, T y, int64_t, T& loss, T& grad) const {
     quality_focal_point<G>(x, y, beta, loss, grad);
   }
+  __device__ __forceinline__ T target(T t) const { return t; }
 };
 
-template <typename T>
+template <bool kClip, bool kDetach, typename T>
 struct AsymmetricPoint {
   static constexpr bool kClassIndexTargets = true;
   AsymmetricParams<T> params;
   template <bool>
   __device__ __forceinline__ void apply(T x, T t, int64_t, T& loss, T& grad) const {
-    asymmetric_point(x, t, params, loss, grad);
+    asymmetric_point<kClip, kDetach>(x, t, params, loss, grad);
   }
+  __device__ __forceinline__ T target(T t) const { return t; }
 };
 
 // Whether a row with class-index target `tgt` counts: not ignored, and 0 <= tgt <= C (C: background).
@@ -174,7 +180,7 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
 #pragma unroll
     for (int k = 0; k < W; ++k) {
       op_t l, g;
-      point.template apply<false>(static_cast<op_t>(xs[k]), static_cast<op_t>(ts[k]), 0, l, g);
+      point.template apply<false>(static_cast<op_t>(xs[k]), point.target(static_cast<op_t>(ts[k])), 0, l, g);
       acc += l;
       ls[k] = static_cast<scalar_t>(l);
       gs[k] = stored_grad<scalar_t>(g, in.grad_prescale);
@@ -187,13 +193,15 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
         W == 1 || L == Layout::kIndexAligned || cur.col + W <= in.C ? W : static_cast<int>(in.C - cur.col);
     const RowTerms<op_t> first = row_terms(in, cur.row, cur.col, W);
     const RowTerms<op_t> second = split < W ? row_terms(in, cur.row + 1, cur.col - in.C, W) : RowTerms<op_t>{};
+    // the point's targets of the rows' classes, once per access
+    const op_t off = point.target(op_t(0)), first_on = point.target(first.q), second_on = point.target(second.q);
 #pragma unroll
     for (int k = 0; k < W; ++k) {
       const bool next_row = k >= split;
-      const op_t t = !index                ? static_cast<op_t>(ts[k])
-                     : k == first.positive ? first.q
-                     : k == second.positive ? second.q
-                                            : op_t(0);
+      const op_t t = !index                 ? point.target(static_cast<op_t>(ts[k]))
+                     : k == first.positive  ? first_on
+                     : k == second.positive ? second_on
+                                            : off;
       op_t w = next_row ? second.weight : first.weight;
       const bool counted = next_row ? second.counted : first.counted;
       int64_t col = 0;
@@ -284,40 +292,6 @@ __global__ void __launch_bounds__(kThreads)
   finish_forward_block<kThreads, scalar_t>(static_cast<double>(acc), static_cast<double>(count), reduce);
 }
 
-// out = grad * grad_output in opmath; see BackwardParams. out may be grad itself (backward in place).
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    apply_grad_output_kernel(const scalar_t* grad, const scalar_t* __restrict__ grad_output,
-                             const opmath_t<scalar_t>* __restrict__ grad_scale, scalar_t* out, int64_t n,
-                             bool reduced, int64_t classes, int64_t spatial) {
-  using op_t = opmath_t<scalar_t>;
-  constexpr int V = vector_width<scalar_t>();
-  const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
-  // The scale is applied in opmath: 1/count rounded to fp16 would be subnormal or 0 for large means.
-  const op_t factor = reduced ? static_cast<op_t>(grad_output[0]) * *grad_scale : *grad_scale;
-  int64_t tail_begin = 0;
-  if (reduced && is_vector_aligned(grad) && is_vector_aligned(out)) {
-    const int64_t n_vec = n / V;
-    for (int64_t v = tid; v < n_vec; v += stride) {
-      const Vector<scalar_t> gv = load_vector(grad + v * V);
-      Vector<scalar_t> ov;
-#pragma unroll
-      for (int k = 0; k < V; ++k) ov.val[k] = static_cast<scalar_t>(static_cast<op_t>(gv.val[k]) * factor);
-      store_vector(out + v * V, ov);
-    }
-    tail_begin = n_vec * V;
-  }
-  const int64_t row_elements = classes * spatial;
-  for (int64_t i = tail_begin + tid; i < n; i += stride) {
-    op_t go = factor;
-    if (!reduced) {
-      go *= static_cast<op_t>(classes > 0 ? grad_output[(i / row_elements) * spatial + i % spatial] : grad_output[i]);
-    }
-    out[i] = static_cast<scalar_t>(static_cast<op_t>(grad[i]) * go);
-  }
-}
-
 template <typename scalar_t, Layout L, typename Point>
 void launch_with_point(const ElementwiseInputs<scalar_t>& in, scalar_t* loss, scalar_t* grad, const Point& point,
                        const ReductionBuffers& reduce, int device, cudaStream_t stream) {
@@ -383,9 +357,18 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     const ElementwiseConstants& c = p.constants;
     const op_t gamma = static_cast<op_t>(c.gamma);
     if (p.loss_kind == ElementwiseLoss::kAsymmetric) {
-      launch(AsymmetricPoint<op_t>{{gamma, static_cast<op_t>(c.gamma_neg), static_cast<op_t>(c.clip),
-                                    static_cast<op_t>(c.eps), static_cast<op_t>(std::log(c.eps)), c.clip > 0,
-                                    c.detach_modulation}});
+      const AsymmetricParams<op_t> prm{gamma, static_cast<op_t>(c.gamma_neg), static_cast<op_t>(c.clip),
+                                       static_cast<op_t>(c.eps), static_cast<op_t>(std::log(c.eps))};
+      const auto asymmetric = [&](auto clip_tag, auto detach_tag) {
+        launch(AsymmetricPoint<decltype(clip_tag)::value, decltype(detach_tag)::value, op_t>{prm});
+      };
+      if (c.clip > 0) {
+        c.detach_modulation ? asymmetric(std::true_type{}, std::true_type{})
+                            : asymmetric(std::true_type{}, std::false_type{});
+      } else {
+        c.detach_modulation ? asymmetric(std::false_type{}, std::true_type{})
+                            : asymmetric(std::false_type{}, std::false_type{});
+      }
       return;
     }
     dispatch_gamma(c.gamma, [&](auto gamma_tag) {
@@ -417,19 +400,6 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
           TORCH_CHECK(false, "focal elementwise forward: unknown loss kind ", static_cast<int>(p.loss_kind));
       }
     });
-  });
-}
-
-void launch_apply_grad_output(const BackwardParams& p, int device, cudaStream_t stream) {
-  if (p.numel == 0) return;
-  dispatch_floating(p.dtype, "focal_bwd", [&](auto dtype_tag) {
-    using scalar_t = decltype(dtype_tag);
-    const int grid = grid_for(p.numel, kThreads, device, &apply_grad_output_kernel<scalar_t>, kThreads);
-    FOCAL_LAUNCH(grid, kThreads, 0, stream, apply_grad_output_kernel<scalar_t>)(
-        static_cast<const scalar_t*>(p.grad), static_cast<const scalar_t*>(p.grad_output),
-        static_cast<const opmath_t<scalar_t>*>(p.grad_scale), static_cast<scalar_t*>(p.out), p.numel, p.reduced,
-        p.classes, p.spatial);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 

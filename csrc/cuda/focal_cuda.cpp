@@ -3,13 +3,9 @@
 // backward that applies grad_output. No other ATen op runs on these paths once the inputs are contiguous.
 // Built twice: for real CUDA, and against the SIMT emulator on CPU tensors (FOCAL_CUDA_EMULATE, as the
 // ops of the focal_cuda_emulated library).
-#ifdef FOCAL_CUDA_EMULATE
-#include "../emulate/simt.h"
-#endif
-
 #include "focal_cuda_kernels.h"
 
-#include "../focal_math.h"
+#include "../grad_prescale.h"
 #include "../ops.h"
 
 #include <ATen/ATen.h>
@@ -133,28 +129,23 @@ LossGradScale elementwise_fwd_cuda(const ElementwiseCall& call) {
   p.classes = x.dim() == 0 ? 1 : x.size(-1);
   p.ignore_index = call.ignore_index;
   p.reduce = out.buffers(call.reduction, stream);
-  p.reduce.grad_prescale = grad_prescale(x.scalar_type(), elementwise_gradient_bound(call.kind, call.constants));
+  p.reduce.grad_prescale = grad_prescale(call);
   cuda::launch_elementwise_forward(p, device_index(x), stream);
   return {out.loss, out.grad, out.grad_scale};
 }
 
-LossGradScale softmax_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& target,
-                                     const std::optional<at::Tensor>& alpha, double gamma, int64_t reduction,
-                                     int64_t ignore_index, double label_smoothing,
-                                     const std::optional<at::Tensor>& normalizer, bool compute_grad,
-                                     const std::optional<at::Tensor>& weight, double poly_epsilon) {
-  check_softmax_args(input, target, alpha, reduction, normalizer);
-  check_softmax_weight(input, target, weight);
-  const DeviceGuard device_guard(input.device());
-  const at::Tensor x = input.contiguous();
-  const at::Tensor t = target.contiguous();
-  const at::Tensor alpha_c = alpha.has_value() ? alpha->contiguous() : at::Tensor();
-  const at::Tensor weight_c = weight.has_value() ? weight->contiguous() : at::Tensor();
+LossGradScale softmax_focal_fwd_cuda(const SoftmaxCall& call) {
+  const DeviceGuard device_guard(call.input.device());
+  const at::Tensor x = call.input.contiguous();
+  const at::Tensor t = call.target.contiguous();
+  const at::Tensor alpha_c = call.class_alpha.has_value() ? call.class_alpha->contiguous() : at::Tensor();
+  const at::Tensor weight_c = call.weight.has_value() ? call.weight->contiguous() : at::Tensor();
   const bool unbatched = x.dim() == 1;
   const int64_t N = unbatched ? 1 : x.size(0);
   const int64_t C = unbatched ? x.size(0) : x.size(1);
   const int64_t S = (N == 0 || C == 0) ? 0 : x.numel() / (N * C);
-  ForwardOutputs out(x, t.sizes(), reduction, compute_grad, normalizer);
+  const int64_t reduction = call.reduction;
+  ForwardOutputs out(x, t.sizes(), reduction, call.compute_grad, call.normalizer);
   if (N * S == 0) return out.empty_work(reduction);
   const cudaStream_t stream = current_stream(x);
 
@@ -164,17 +155,17 @@ LossGradScale softmax_focal_fwd_cuda(const at::Tensor& input, const at::Tensor& 
   p.target = t.data_ptr<int64_t>();
   p.alpha = alpha_c.defined() ? alpha_c.data_ptr() : nullptr;
   p.loss = data_or_null(out.loss, reduction == kNone);
-  p.grad = data_or_null(out.grad, compute_grad);
+  p.grad = data_or_null(out.grad, call.compute_grad);
   p.batch = N;
   p.classes = C;
   p.spatial = S;
   p.row_weight = weight_c.defined() ? weight_c.data_ptr() : nullptr;
-  p.gamma = gamma;
-  p.poly_epsilon = poly_epsilon;
-  p.label_smoothing = label_smoothing;
-  p.ignore_index = ignore_index;
+  p.gamma = call.gamma;
+  p.poly_epsilon = call.poly_epsilon;
+  p.label_smoothing = call.label_smoothing;
+  p.ignore_index = call.ignore_index;
   p.reduce = out.buffers(reduction, stream);
-  p.reduce.grad_prescale = grad_prescale(x.scalar_type(), softmax_gradient_bound(gamma, poly_epsilon));
+  p.reduce.grad_prescale = grad_prescale(call);
   cuda::launch_softmax_forward(p, device_index(x), stream);
   return {out.loss, out.grad, out.grad_scale};
 }
@@ -201,29 +192,19 @@ void launch_backward(const at::Tensor& grad_output, const at::Tensor& grad, cons
   cuda::launch_apply_grad_output(p, device_index(grad), current_stream(grad));
 }
 
-at::Tensor focal_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& grad, const at::Tensor& grad_scale,
+at::Tensor focal_bwd_cuda(const at::Tensor& grad, const at::Tensor& grad_output, const at::Tensor& grad_scale,
                           int64_t reduction, bool class_dim_reduced) {
-  check_backward_args(grad_output, grad, grad_scale, reduction, class_dim_reduced);
+  check_backward_args(grad, grad_output, grad_scale, reduction, class_dim_reduced, /*in_place=*/false);
   const at::Tensor g = grad.contiguous();
   at::Tensor out = at::empty_like(g, at::MemoryFormat::Contiguous);
   launch_backward(grad_output, g, grad_scale, reduction, class_dim_reduced, out);
   return out;
 }
 
-void apply_grad_output_cuda_(const at::Tensor& grad, const at::Tensor& grad_output, const at::Tensor& grad_scale,
-                             int64_t reduction, bool class_dim_reduced) {
-  check_backward_in_place_args(grad, grad_output, grad_scale, reduction, class_dim_reduced);
+void focal_bwd_cuda_(const at::Tensor& grad, const at::Tensor& grad_output, const at::Tensor& grad_scale,
+                     int64_t reduction, bool class_dim_reduced) {
+  check_backward_args(grad, grad_output, grad_scale, reduction, class_dim_reduced, /*in_place=*/true);
   launch_backward(grad_output, grad, grad_scale, reduction, class_dim_reduced, /*out=*/grad);
-}
-
-at::Tensor elementwise_focal_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& grad,
-                                      const at::Tensor& grad_scale, int64_t reduction) {
-  return focal_bwd_cuda(grad_output, grad, grad_scale, reduction, /*class_dim_reduced=*/false);
-}
-
-at::Tensor softmax_focal_bwd_cuda(const at::Tensor& grad_output, const at::Tensor& grad,
-                                  const at::Tensor& grad_scale, int64_t reduction) {
-  return focal_bwd_cuda(grad_output, grad, grad_scale, reduction, /*class_dim_reduced=*/true);
 }
 
 }  // namespace
@@ -236,21 +217,21 @@ at::Tensor softmax_focal_bwd_cuda(const at::Tensor& grad_output, const at::Tenso
 #endif
 
 FOCAL_TORCH_LIBRARY_IMPL(FOCAL_OPS_NAMESPACE, FOCAL_CUDA_BACKEND_KEY, m) {
-  using focal::ElementwiseOp;
+  using focal::ForwardOp;
   constexpr auto elementwise = &focal::elementwise_fwd_cuda;
-  m.impl("sigmoid_focal_fwd", &ElementwiseOp<elementwise, &focal::sigmoid_focal_call>::run);
-  m.impl("binary_focal_fwd", &ElementwiseOp<elementwise, &focal::binary_focal_call>::run);
-  m.impl("varifocal_fwd", &ElementwiseOp<elementwise, &focal::varifocal_call>::run);
-  m.impl("quality_focal_fwd", &ElementwiseOp<elementwise, &focal::quality_focal_call>::run);
-  m.impl("asymmetric_fwd", &ElementwiseOp<elementwise, &focal::asymmetric_call>::run);
-  m.impl("softmax_focal_fwd", &focal::softmax_focal_fwd_cuda);
-  m.impl("sigmoid_focal_bwd", &focal::elementwise_focal_bwd_cuda);
-  m.impl("softmax_focal_bwd", &focal::softmax_focal_bwd_cuda);
-  m.impl("binary_focal_bwd", &focal::elementwise_focal_bwd_cuda);
-  m.impl("apply_grad_output_", &focal::apply_grad_output_cuda_);
+  m.impl("sigmoid_focal_fwd", &ForwardOp<elementwise, &focal::sigmoid_focal_call>::run);
+  m.impl("binary_focal_fwd", &ForwardOp<elementwise, &focal::binary_focal_call>::run);
+  m.impl("varifocal_fwd", &ForwardOp<elementwise, &focal::varifocal_call>::run);
+  m.impl("quality_focal_fwd", &ForwardOp<elementwise, &focal::quality_focal_call>::run);
+  m.impl("asymmetric_fwd", &ForwardOp<elementwise, &focal::asymmetric_call>::run);
+  m.impl("softmax_focal_fwd", &ForwardOp<&focal::softmax_focal_fwd_cuda, &focal::softmax_focal_call>::run);
+  m.impl("focal_bwd", &focal::focal_bwd_cuda);
+  m.impl("focal_bwd_", &focal::focal_bwd_cuda_);
 }
 
 FOCAL_TORCH_LIBRARY_FRAGMENT(FOCAL_OPS_NAMESPACE, m) {
   // Launches issued by this library's CUDA launchers so far (emulated ones in the emulated library).
   m.def("kernel_launches() -> int", [] { return focal::cuda::kernel_launches(); });
+  // Occupancy queries issued so far: once per kernel instantiation and device, not per launch (host overhead).
+  m.def("occupancy_queries() -> int", [] { return focal::cuda::occupancy_queries(); });
 }

@@ -11,7 +11,7 @@
 
 namespace focal::cuda {
 
-// How a forward kernel finishes (design.md §2: one launch per pass). Every block adds its loss sum and
+// How a forward kernel finishes (docs/design.md §2: one launch per pass). Every block adds its loss sum and
 // counted elements/rows into partials[block] / partials[slots + block]; the last block to take a ticket
 // adds all partials in block order (deterministic) and writes the reduced loss and the gradient scale.
 struct ReductionBuffers {
@@ -72,6 +72,8 @@ int64_t max_forward_blocks(int device);
 // Counts a kernel launch (focal_cuda::kernel_launches); FOCAL_LAUNCH calls it.
 void count_launch();
 int64_t kernel_launches();
+// Occupancy queries issued so far (focal_cuda::occupancy_queries): one per kernel instantiation and device.
+int64_t occupancy_queries();
 
 // Each launcher issues exactly one kernel on `stream`, the fused forward. Nothing is launched for empty
 // work; the caller fills the outputs then.
@@ -79,8 +81,8 @@ void launch_elementwise_forward(const ElementwiseParams& params, int device, cud
 void launch_softmax_forward(const SoftmaxParams& params, int device, cudaStream_t stream);
 
 // Backward: out = grad * grad_output, in float (opmath). grad_output is one scalar times grad_scale for
-// 'mean'/'sum'; for 'none' it has the loss's shape: per element, or per row (classes_per_row > 0: the
-// softmax loss, element i of grad (N, C, S) takes grad_output[(i / (C S)) S + i % S]).
+// 'mean'/'sum'; for 'none' it has the loss's shape: per element, or per row (classes > 0: the softmax loss,
+// element i of grad (N, C, S) takes grad_output[(i / (C S)) S + i % S], with no division per element).
 struct BackwardParams {
   c10::ScalarType dtype = c10::ScalarType::Float;
   const void* grad = nullptr;

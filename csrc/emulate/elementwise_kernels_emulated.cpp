@@ -1,2 +1,4 @@
 // The CUDA source compiled as host C++ against the SIMT emulator (simt.h).
+#include "simt.h"
+
 #include "../cuda/elementwise_kernels.cu"

@@ -1,6 +1,6 @@
 // Host stand-in for the CUDA execution model, so csrc/cuda/ compiles with g++ and runs on CPU tensors
-// (design.md §6). Included first by every emulated translation unit (through kernels_common.cuh and
-// device_context.h) when FOCAL_CUDA_EMULATE is defined.
+// (docs/design.md §6). The emulate/*_emulated.cpp wrappers include it first, then the csrc/cuda source they
+// compile; nothing in csrc/cuda includes it.
 //
 // Model: a launch runs its blocks on a few OS threads; within a block every CUDA thread is a fiber on one
 // OS thread, switched only at __syncthreads and warp shuffles, so a missing barrier changes results (run a
@@ -11,6 +11,8 @@
 #ifndef FOCAL_CUDA_EMULATE
 #error "simt.h is the CUDA emulation shim: define FOCAL_CUDA_EMULATE"
 #endif
+
+#define FOCAL_SIMT_EMULATOR 1
 
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
