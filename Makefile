@@ -15,10 +15,10 @@ export FOCAL_CUDA_EMULATE
 install: $(STAMP)
 
 $(STAMP): $(SOURCES)
-	$(PYTHON) -m pip install "torch>=2.5" ninja pytest hypothesis
+	$(PYTHON) -m pip install -q "torch>=2.5" ninja pytest hypothesis
 	# torchvision: its RetinaNet/FCOS losses run with focal_cuda swapped in (tests/test_torchvision_detection.py)
-	$(PYTHON) -m pip install torchvision
-	$(PYTHON) -m pip install matplotlib || echo "matplotlib unavailable: benchmark plots will be skipped"
+	$(PYTHON) -m pip install -q torchvision
+	$(PYTHON) -m pip install -q matplotlib || echo "matplotlib unavailable: benchmark plots will be skipped"
 	# quiet build: one line per compiled unit; the full `pip install -v -e .` output goes to build/build.log
 	MAX_JOBS=$${MAX_JOBS:-2} PYTHON=$(PYTHON) bash scripts/build.sh
 	mkdir -p build && touch $(STAMP)
