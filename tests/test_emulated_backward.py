@@ -31,6 +31,9 @@ SHAPES = {
     "softmax spatial S=64 (vector of S)": ((5, 3, 8, 8), True),
     "softmax spatial S=35 (element by element)": ((5, 3, 5, 7), True),
     "softmax unbatched (C,)": ((40,), True),
+    # more elements than one grid sweeps at sm_count=1 (8 blocks x 256 threads x 8): the row cursor steps
+    "softmax rows C=80, several sweeps": ((420, 80), True),
+    "softmax spatial S=24, several sweeps": ((40, 20, 4, 6), True),  # the sweep is no multiple of S
 }
 
 
