@@ -66,18 +66,16 @@ FORWARD_OPS = ("sigmoid_focal_fwd", "softmax_focal_fwd", "binary_focal_fwd", "va
 _CLASS_DIM_REDUCED = {"softmax_focal_fwd"}
 
 
-def _bound_argument(argument_names, args, kwargs, name):
-    """The value of the schema argument `name` in a call (args, kwargs), or its default."""
-    index = argument_names.index(name)
-    return args[index] if index < len(args) else kwargs[name]
-
-
 def _fwd_fake(argument_names, loss_has_target_shape):
+    # positions found once, at registration: reduction and compute_grad have no defaults, so a call passes them
+    reduction_index, compute_grad_index = argument_names.index("reduction"), argument_names.index("compute_grad")
+
     def fake(*args, **kwargs):
         input, target = args[0], args[1]
         shape = target.shape if loss_has_target_shape else input.shape
-        return _fake_outputs(input, shape, _bound_argument(argument_names, args, kwargs, "reduction"),
-                             _bound_argument(argument_names, args, kwargs, "compute_grad"))
+        reduction = args[reduction_index] if reduction_index < len(args) else kwargs["reduction"]
+        compute_grad = args[compute_grad_index] if compute_grad_index < len(args) else kwargs["compute_grad"]
+        return _fake_outputs(input, shape, reduction, compute_grad)
     return fake
 
 
