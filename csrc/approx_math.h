@@ -38,8 +38,24 @@ __device__ __forceinline__ float reciprocal(float x) {
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+// lg2 with subnormal inputs flushed to 0 (-inf): for callers whose argument is never subnormal.
+__device__ __forceinline__ float log2_ftz(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 __device__ __forceinline__ float fma(float a, float b, float c) {
   return __fmaf_rn(a, b, c);
+}
+// max(a, b) that returns NaN if either is NaN (fmaxf returns the other one): one instruction from sm_80 on.
+__device__ __forceinline__ float max_nan(float a, float b) {
+#if __CUDA_ARCH__ >= 800
+  float y;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(y) : "f"(a), "f"(b));
+  return y;
+#else
+  return a != a ? a : (b != b ? b : fmaxf(a, b));
+#endif
 }
 
 #else
@@ -73,8 +89,14 @@ inline float log2(float x) {
 inline float reciprocal(float x) {
   return (1.0f / x) * (1.0f + error_sign(x) * 0x1p-23f);
 }
+inline float log2_ftz(float x) {
+  return log2(std::fpclassify(x) == FP_SUBNORMAL ? 0.0f : x);
+}
 inline float fma(float a, float b, float c) {
   return std::fma(a, b, c);
+}
+inline float max_nan(float a, float b) {
+  return a != a ? a : (b != b ? b : std::fmax(a, b));
 }
 
 #endif
@@ -104,6 +126,38 @@ C10_HOST_DEVICE inline float log1p_unit(float e) {
   for (int i = 1; i < 9; ++i) series = fma(series, e, coefficients[i]);
   return series * e;
 }
+// The same for results stored in fp16 / bf16, from small = e / (1 + e) (the sigmoid the caller already has):
+// small R(e) with R a degree-4 fit of (1 + e) log1p(e) / e, whose singularity at e = -1 is weaker than log1p(e) / e's,
+// so one degree less reaches 1.1e-5 relative (the product adds small's 2 ulp): 40 times under fp16's rounding.
+C10_HOST_DEVICE inline float log1p_unit_compact(float e, float small) {
+  constexpr float coefficients[5] = {FOCAL_LOG1P_UNIT_COMPACT_COEFFICIENTS};
+  float series = coefficients[0];
+#pragma unroll
+  for (int i = 1; i < 5; ++i) series = fma(series, e, coefficients[i]);
+  return series * small;
+}
+// log1p(x) for x in [-1, 0], for results stored in fp16 / bf16: a 4-term series above -1/16 (1.3e-6 relative), else
+// lg2 of 1 + x (>= 15/16 away from 0: its rounding and lg2's error are 2e-6 of |log| >= 0.06 at most; ftz: 1 + x is
+// 0 or above 2**-24).
+C10_HOST_DEVICE inline float log1p_nonpositive_compact(float x) {
+  const float series = x * fma(x, fma(x, fma(x, -0.25f, 1.0f / 3.0f), -0.5f), 1.0f);
+  const float far = log2_ftz(1.0f + x) * kLn2;
+  return x > -0.0625f ? series : far;
+}
+// log1p(x) for x >= 0, for results stored in fp16 / bf16: a 4-term series below 1/16, else lg2 of 1 + x (its rounding
+// and lg2's error are 2e-6 of log(1 + x) >= 0.06 at most).
+C10_HOST_DEVICE inline float log1p_nonnegative_compact(float x) {
+  const float series = x * fma(x, fma(x, fma(x, -0.25f, 1.0f / 3.0f), -0.5f), 1.0f);
+  const float far = log2_ftz(1.0f + x) * kLn2;
+  return x < 0.0625f ? series : far;
+}
+// expm1(x) for x <= 0, for results stored in fp16 / bf16: a 4-term series above -1/16 (1.3e-7 relative), else
+// exp(x) - 1 (no cancellation left: |result| > 0.06).
+C10_HOST_DEVICE inline float expm1_nonpositive_compact(float x) {
+  const float series = x * fma(x, fma(x, fma(x, 1.0f / 24.0f, 1.0f / 6.0f), 0.5f), 1.0f);
+  const float far = exp(x) - 1.0f;
+  return x > -0.0625f ? series : far;
+}
 // a / b with rcp.approx (1 ulp) instead of IEEE division, whose slow path is a call (a stack frame in every kernel
 // that divides): b below 2**-100 is scaled by 2**64 first (exactly), where ftz would flush it to 0.
 C10_HOST_DEVICE inline float divide(float a, float b) {
@@ -121,6 +175,21 @@ C10_HOST_DEVICE inline void log_and_log1m(float p, float& log_p, float& log_q) {
   const bool use_series = d > -0.0625f;  // d <= 0 always
   log_p = upper && use_series ? near : log2(p) * kLn2;
   log_q = !upper && use_series ? near : log2(1.0f - p) * kLn2;
+}
+// The same for results stored in fp16 / bf16: a 4-term series (1.3e-6 relative below 1/16) and lg2.approx.ftz of p
+// scaled by 2**32 (p >= 2**-149 stays normal, so the compiler adds no subnormal fix-up): 2 ulp of |log2| <= 117,
+// 1.4e-5 absolute, at most 2e-5 of |log p| >= log 2 there. Sets `invalid` for p outside [0, 1] (NaN passes).
+C10_HOST_DEVICE inline void log_and_log1m_compact(float p, float& log_p, float& log_q, bool& invalid) {
+  const bool upper = p > 0.5f;
+  const float q = 1.0f - p;  // exact for p >= 1/2; rounds by 2**-25 at most below
+  const float d = upper ? -q : -p;  // log p = log1p(d) above 1/2, log(1 - p) = log1p(d) below
+  invalid = d > 0.0f;
+  const float near = d * fma(d, fma(d, fma(d, -0.25f, 1.0f / 3.0f), -0.5f), 1.0f);
+  const bool use_series = d > -0.0625f;
+  const float far_p = fma(log2_ftz(p * 0x1p32f), kLn2, -32.0f * kLn2);
+  const float far_q = log2_ftz(q) * kLn2;  // q >= 2**-24 or 0 here: never subnormal
+  log_p = upper && use_series ? near : far_p;
+  log_q = !upper && use_series ? near : far_q;
 }
 // log1p(x), x > -1: a 5-term series below |x| = 1/16 (2e-7 relative), else log(1 + x) corrected for the
 // rounding of 1 + x.
@@ -154,6 +223,14 @@ C10_HOST_DEVICE inline float pow(float x, float y) {
   const float fraction = (ye - whole) + (ye_error + y * log2(m));
   if (whole < -300.0f) return 0.0f;
   return ::ldexpf(exp2(fraction), static_cast<int>(whole));
+}
+
+// x**y for x in [0, 1], y >= 0, for results stored in fp16 / bf16: 2**(y lg2 x) in one piece. lg2's 2 ulp on a
+// log2 x down to -126 moves the result by 2e-5 relative at most (25 times under fp16's rounding); results below
+// float's normal range flush to 0 (ex2.approx.ftz). 0**0 = 1; NaN and x < 0 give NaN (lg2).
+C10_HOST_DEVICE inline float pow_compact(float x, float y) {
+  const float r = exp2(y * log2(x));  // x = 0: lg2 -inf, so 0 for y > 0
+  return y == 0.0f && x == 0.0f ? 1.0f : r;
 }
 
 }  // namespace focal::approx

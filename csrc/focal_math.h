@@ -38,8 +38,10 @@ inline namespace FOCAL_MATH_VARIANT {
   C10_HOST_DEVICE inline T fm_fma(T a, T b, T c) { return a * b + c; }
 #define FOCAL_SELECT_PRIMITIVES(T)                                                             \
   C10_HOST_DEVICE inline T fm_abs(T x) { return std::abs(x); }                                 \
-  C10_HOST_DEVICE inline T fm_max(T a, T b) { return a != a ? a : (a > b ? a : b); }           \
   C10_HOST_DEVICE inline T fm_select(bool cond, T a, T b) { return cond ? a : b; }
+/* max that propagates a NaN in either argument */
+#define FOCAL_MAX_PRIMITIVE(T) \
+  C10_HOST_DEVICE inline T fm_max(T a, T b) { return a != a ? a : (a > b ? a : b); }
 #if defined(FOCAL_DEVICE_APPROX_MATH)
 C10_HOST_DEVICE inline float fm_exp(float x) { return approx::exp(x); }
 C10_HOST_DEVICE inline float fm_expm1(float x) { return approx::expm1(x); }
@@ -51,6 +53,7 @@ C10_HOST_DEVICE inline float fm_reciprocal(float x) { return approx::reciprocal(
 C10_HOST_DEVICE inline float fm_div(float a, float b) { return approx::divide(a, b); }
 C10_HOST_DEVICE inline float fm_pow(float x, float y) { return approx::pow(x, y); }
 C10_HOST_DEVICE inline float fm_fma(float a, float b, float c) { return approx::fma(a, b, c); }
+C10_HOST_DEVICE inline float fm_max(float a, float b) { return approx::max_nan(a, b); }
 // double: x**y for x in [0, 1], y >= 0 as exp(y log x), which nvcc inlines (libdevice's pow is a call whose
 // saved registers give the kernel a stack frame); 0**0 = 1, 0**y = 0.
 C10_HOST_DEVICE inline double fm_pow(double x, double y) {
@@ -59,6 +62,7 @@ C10_HOST_DEVICE inline double fm_pow(double x, double y) {
 }
 #else
 FOCAL_SCALAR_PRIMITIVES(float)
+FOCAL_MAX_PRIMITIVE(float)
 // NaN**0 is NaN (libm's pow gives 1), as on the device: a NaN input reaches the loss on every backend.
 C10_HOST_DEVICE inline float fm_pow(float x, float y) { return x != x ? x : std::pow(x, y); }
 C10_HOST_DEVICE inline double fm_pow(double x, double y) { return x != x ? x : std::pow(x, y); }
@@ -66,13 +70,65 @@ C10_HOST_DEVICE inline double fm_pow(double x, double y) { return x != x ? x : s
 FOCAL_SCALAR_PRIMITIVES(double)
 FOCAL_SELECT_PRIMITIVES(float)
 FOCAL_SELECT_PRIMITIVES(double)
+FOCAL_MAX_PRIMITIVE(double)
 #undef FOCAL_SCALAR_PRIMITIVES
 #undef FOCAL_SELECT_PRIMITIVES
+#undef FOCAL_MAX_PRIMITIVE
 
 // a / b (the device's float build divides without IEEE division's slow-path call).
 template <typename T>
 C10_HOST_DEVICE inline T fm_div(T a, T b) {
   return a / b;
+}
+
+// How many digits a result needs. kFull: float32 / float64 storage (1e-5 relative per element in float32, docs/design.md
+// §2). kStorage16: the device's float math for fp16 / bf16 storage, whose results round to 11 / 8 significant bits:
+// the series and powers below drop to about 2e-5 relative (25 times under fp16's rounding, 100 under bf16's) for
+// fewer instructions. The CPU build computes every dtype at kFull.
+enum class Precision : int { kFull = 0, kStorage16 = 1 };
+
+// log1p(e) for e in [0, 1], given small = e / (1 + e) (the sigmoid(-|x|) the caller already has).
+template <Precision P, typename T>
+C10_HOST_DEVICE inline T fm_log1p_unit_at(T e, T small) {
+#if defined(FOCAL_DEVICE_APPROX_MATH)
+  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::log1p_unit_compact(e, small);
+#endif
+  return fm_log1p_unit(e);
+}
+
+// log1p(x) for x >= 0 (a log-sum-exp's excess over its max term).
+template <Precision P, typename T>
+C10_HOST_DEVICE inline T fm_log1p_nonnegative_at(T x) {
+#if defined(FOCAL_DEVICE_APPROX_MATH)
+  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::log1p_nonnegative_compact(x);
+#endif
+  return fm_log1p(x);
+}
+
+// expm1(x) for x <= 0 (p - 1 from log p).
+template <Precision P, typename T>
+C10_HOST_DEVICE inline T fm_expm1_nonpositive_at(T x) {
+#if defined(FOCAL_DEVICE_APPROX_MATH)
+  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::expm1_nonpositive_compact(x);
+#endif
+  return fm_expm1(x);
+}
+
+// log1p(x) for x in [-1, 0] (a log of 1 minus a probability).
+template <Precision P, typename T>
+C10_HOST_DEVICE inline T fm_log1p_nonpositive_at(T x) {
+#if defined(FOCAL_DEVICE_APPROX_MATH)
+  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::log1p_nonpositive_compact(x);
+#endif
+  return fm_log1p(x);
+}
+
+template <Precision P, typename T>
+C10_HOST_DEVICE inline T fm_pow_at(T x, T y) {
+#if defined(FOCAL_DEVICE_APPROX_MATH)
+  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::pow_compact(x, y);
+#endif
+  return fm_pow(x, y);
 }
 
 // log p and log(1 - p) of a probability (the device's float build folds their two series into one).
@@ -82,10 +138,27 @@ C10_HOST_DEVICE inline void fm_log_and_log1m(T p, T& log_p, T& log_q) {
   log_q = fm_log1p(T(0) - p);  // log(1 - p) would round 1 - p for tiny p
 }
 
+// fm_log_and_log1m at precision P; `invalid`: p outside [0, 1] (NaN is not).
+template <Precision P, typename T>
+C10_HOST_DEVICE inline void fm_log_and_log1m_at(T p, T& log_p, T& log_q, bool& invalid) {
+#if defined(FOCAL_DEVICE_APPROX_MATH)
+  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) {
+    approx::log_and_log1m_compact(p, log_p, log_q, invalid);
+    return;
+  }
+#endif
+  if constexpr (std::is_floating_point_v<T>) {
+    invalid = p < T(0) || p > T(1);
+  } else {
+    invalid = false;  // SIMD vectors: the CPU kernels check their input before
+  }
+  fm_log_and_log1m(p, log_p, log_q);
+}
+
 // ---- modulating factor u**gamma and its derivative -----------------------------------------------------
 
 // u**gamma with u = 1 - p_t in [0, 1].
-template <int G, typename T>
+template <int G, Precision P = Precision::kFull, typename T>
 C10_HOST_DEVICE inline T modulating_factor(T u, T gamma) {
   if constexpr (G == 0) {
     return T(1);
@@ -96,7 +169,7 @@ C10_HOST_DEVICE inline T modulating_factor(T u, T gamma) {
   } else if constexpr (G == 3) {
     return u * u * u;
   } else {
-    return fm_pow(u, gamma);
+    return fm_pow_at<P>(u, gamma);
   }
 }
 
@@ -134,7 +207,7 @@ struct LogitTerms {
   T log1p_e;  // log1p(exp(-|x|)): -log sigmoid(|x|)
 };
 
-template <typename T>
+template <Precision P = Precision::kFull, typename T>
 C10_HOST_DEVICE inline LogitTerms<T> logit_terms(T x, T t) {
   const T zero(0), one(1);
   const T e = fm_exp(-fm_abs(x));          // in (0, 1]: no overflow for any |x|
@@ -142,7 +215,7 @@ C10_HOST_DEVICE inline LogitTerms<T> logit_terms(T x, T t) {
   const T small = e * big;                 // sigmoid(-|x|)
   const auto x_nonneg = x >= zero;
   const T c = fm_select(x_nonneg, one - t, t);
-  const T log1p_e = fm_log1p_unit(e);
+  const T log1p_e = fm_log1p_unit_at<P>(e, small);
   // t max(-x, 0) + (1 - t) max(x, 0) = |x| (1 - t) for x >= 0, |x| t below: one product, no cancellation.
   return {fm_select(x_nonneg, big, small), fm_select(x_nonneg, small, big), fm_abs(x) * c + log1p_e,
           fm_select(x_nonneg, c - small, small - c), log1p_e};
@@ -168,7 +241,7 @@ struct AlphaWeight {
 // p = sigmoid(x), q = 1 - p, u = 1 - p_t = t q + (1 - t) p, ce = -(t log p + (1 - t) log q) (logit_terms),
 // loss = a_t u**gamma ce, dloss/dx = a_t (u**gamma (p - t) + ce gamma u**(gamma-1) (1 - 2t) p q).
 // Poly-1 (Leng et al. 2022) adds a_t poly u**(gamma+1), whose derivative is a_t poly (gamma+1) u**gamma (1-2t) p q.
-template <int G, bool kPoly = true, typename T>
+template <int G, bool kPoly = true, Precision P = Precision::kFull, typename T>
 C10_HOST_DEVICE inline void sigmoid_focal_point(T x, T t, AlphaWeight<T> alpha, T gamma, T& loss, T& grad,
                                                 T poly = T(0)) {
   const T one(1);
@@ -180,9 +253,9 @@ C10_HOST_DEVICE inline void sigmoid_focal_point(T x, T t, AlphaWeight<T> alpha, 
   // ce = |x| c + log1p(e), u = small + c (big - small), p - t = s (c - small), 1 - 2t = s (2c - 1) with
   // s = -1 for x < 0 and +1 otherwise: no selects between p and q, and no sum with terms of both signs.
   const T c = fm_select(x_nonneg, one - t, t);
-  const T ce = fm_abs(x) * c + fm_log1p_unit(e);
+  const T ce = fm_abs(x) * c + fm_log1p_unit_at<P>(e, small);
   const T u = small + c * (big - small);
-  const T m = modulating_factor<G>(u, gamma);
+  const T m = modulating_factor<G, P>(u, gamma);
   const T a = alpha.at(t);
   const T pq = big * small;
   // kPoly false (Poly-1's epsilon is 0): its terms are left out, not multiplied by 0.
@@ -193,21 +266,52 @@ C10_HOST_DEVICE inline void sigmoid_focal_point(T x, T t, AlphaWeight<T> alpha, 
   grad = fm_select(x_nonneg, -a, a) * inner;
 }
 
+// sigmoid_focal_point at the hard target t = 0, or at t = 1 through the symmetry loss(x, 1, alpha) = loss(-x, 0,
+// 1 - alpha) (`flip`: then d loss/dx is minus d loss/dy at y = -x). a_signed = -a_t when flipped, else a_t: the
+// gradient's sign rides on it. At t = 0 on y = +-x: u = p = sigmoid(y), ce = max(y, 0) + log1p(e), m = p**gamma,
+// loss = a m (ce + poly p), d loss/dy = a m (p + q (gamma ce + poly (gamma+1) p)) (gamma p**(gamma-1) p q = gamma m q).
+// e, sigmoid(|x|) and |x| do not depend on the flip: only which of them is p does.
+template <int G, bool kPoly = true, Precision P = Precision::kFull, typename T>
+C10_HOST_DEVICE inline void sigmoid_focal_hard_point(T x, bool flip, T a_signed, T gamma, T& loss, T& grad,
+                                                     T poly = T(0)) {
+  const T one(1), zero(0);
+  const T abs_x = fm_abs(x);
+  const T e = fm_exp(-abs_x);
+  const T big = fm_reciprocal(one + e);  // sigmoid(|x|)
+  const T small = e * big;               // sigmoid(-|x|)
+  const bool y_nonneg = (x >= zero) != flip;
+  const T p = fm_select(y_nonneg, big, small);
+  const T q = fm_select(y_nonneg, small, big);
+  // ce = max(y, 0) + log1p(e), as |x| c + log1p(e) with c in {0, 1}: an infinite logit gives NaN where the general
+  // formula does (inf * 0), so both paths follow one rule for non-finite input.
+  const T ce = abs_x * fm_select(y_nonneg, one, zero) + fm_log1p_unit_at<P>(e, small);
+  const T am = a_signed * modulating_factor<G, P>(p, gamma);
+  loss = fm_abs(am) * (kPoly ? ce + poly * p : ce);
+  // gamma p**(gamma-1) p q = gamma m q: bounded for any gamma > 0. gamma 0: no term (inf * 0 at y = +inf).
+  T inner = p;
+  if constexpr (G != 0 || kPoly) {
+    const T dm = G == 0 ? zero : gamma * ce;
+    inner = fm_fma(q, kPoly ? dm + poly * (gamma + one) * p : dm, p);
+  }
+  grad = am * inner;
+}
+
 // ---- binary focal loss on probabilities ------------------------------------------------------------------
 
 // As sigmoid_focal_point, on p directly. Logs clamp at -100 and d(ce)/dp = (p - t) / max(p (1 - p), 1e-12),
 // both as torch.nn.BCELoss does, so p = 0 or 1 stays finite.
-template <int G, typename T>
-C10_HOST_DEVICE inline void binary_focal_point(T p, T t, AlphaWeight<T> alpha, T gamma, T& loss, T& grad) {
+template <int G, Precision P = Precision::kFull, typename T>
+C10_HOST_DEVICE inline void binary_focal_point(T p, T t, AlphaWeight<T> alpha, T gamma, T& loss, T& grad,
+                                               bool& invalid) {
   const T one(1), log_floor(-100), eps(1e-12);
   const T q = one - p;
   T logp, logq;
-  fm_log_and_log1m(p, logp, logq);
+  fm_log_and_log1m_at<P>(p, logp, logq, invalid);
   logp = fm_max(logp, log_floor);
   logq = fm_max(logq, log_floor);
   const T ce = -(t * logp + (one - t) * logq);
-  const T u = t * q + (one - t) * p;
-  const T m = modulating_factor<G>(u, gamma);
+  const T u = t * q + (one - t) * p;  // not p + t (q - p): that cancels to nothing for t = 1, p near 1
+  const T m = modulating_factor<G, P>(u, gamma);
   const T a = alpha.at(t);
   loss = a * m * ce;
   const T dce = (p - t) * fm_reciprocal(fm_max(p * q, eps));
@@ -220,11 +324,11 @@ C10_HOST_DEVICE inline void binary_focal_point(T p, T t, AlphaWeight<T> alpha, T
 // Varifocal loss (VarifocalNet; mmdet's formula), IoU-aware target q in [0, 1]:
 //   w = q (1 if not iou_weighted) where q > 0, else alpha p**gamma (= alpha |p - q|**gamma at q = 0);
 //   loss = w ce(x, q); the gradient flows through w: d(alpha p**gamma)/dx = alpha gamma p**gamma (1 - p).
-template <int G, typename T>
+template <int G, Precision P = Precision::kFull, typename T>
 C10_HOST_DEVICE inline void varifocal_point(T x, T q, T alpha, T gamma, bool iou_weighted, T& loss, T& grad) {
   const T zero(0), one(1);
-  const LogitTerms<T> s = logit_terms(x, q);
-  const T m = modulating_factor<G>(s.p, gamma);
+  const LogitTerms<T> s = logit_terms<P>(x, q);
+  const T m = modulating_factor<G, P>(s.p, gamma);
   const auto positive = q > zero;
   const T w = fm_select(positive, iou_weighted ? q : one, alpha * m);
   // gamma p**(gamma-1) p q formed as gamma p**gamma q: no p**(gamma-1) on its own for 0 < gamma < 1.
@@ -237,13 +341,13 @@ C10_HOST_DEVICE inline void varifocal_point(T x, T q, T alpha, T gamma, bool iou
 
 // Quality focal loss (GFL; mmdet's formula): loss = ce(x, y) |y - p|**beta; the gradient flows through the
 // factor, d|y - p|**beta/dx = beta |p - y|**(beta-1) sign(p - y) p q (0 at p = y, the subgradient).
-template <int G, typename T>
+template <int G, Precision P = Precision::kFull, typename T>
 C10_HOST_DEVICE inline void quality_focal_point(T x, T y, T beta, T& loss, T& grad) {
   const T zero(0), one(1);
-  const LogitTerms<T> s = logit_terms(x, y);
+  const LogitTerms<T> s = logit_terms<P>(x, y);
   const T d = s.p_minus_t;
   const T abs_d = fm_abs(d);
-  const T m = modulating_factor<G>(abs_d, beta);
+  const T m = modulating_factor<G, P>(abs_d, beta);
   const T sign = fm_select(d > zero, one, fm_select(d < zero, zero - one, zero));
   loss = s.ce * m;
   grad = m * d;  // beta 0: no factor term (ce * 0 would be NaN at infinite logits)
@@ -265,16 +369,17 @@ struct AsymmetricParams {
 
 // kClip: clip > 0 (p_neg = min(q + clip, 1)); kDetach: the modulating factor is a constant in the gradient. Both
 // are template arguments, so that each kernel holds only its own branch.
-template <bool kClip, bool kDetach, typename T>
+template <bool kClip, bool kDetach, Precision P = Precision::kFull, typename T>
 C10_HOST_DEVICE inline void asymmetric_point(T x, T t, const AsymmetricParams<T>& prm, T& loss, T& grad) {
   const T zero(0), one(1);
-  const LogitTerms<T> s = logit_terms(x, t);
+  const LogitTerms<T> s = logit_terms<P>(x, t);
   // log p and log q in the logit form (-log p = log1p(e^-|x|) + max(-x, 0)), not the log of a rounded sigmoid
   // (17 % off at x = 15 in float); log max(v, eps) = max(log v, log eps).
-  const T log_pos = fm_max(zero - (s.log1p_e + fm_max(zero - x, zero)), prm.log_eps);
+  const T log_pos = fm_max(-(s.log1p_e + fm_max(-x, zero)), prm.log_eps);
   const T pq = s.p * s.q;
   // d log max(p, eps)/dx = q above eps (selects written so that a NaN p takes the NaN branch on every backend)
   const T dlog_pos = fm_select(s.p < prm.eps, zero, s.q);
+  const T one_minus_t = one - t;
   T log_neg, dlog_neg, u;
   if constexpr (kClip) {
     const T shifted = s.q + prm.clip;
@@ -282,25 +387,25 @@ C10_HOST_DEVICE inline void asymmetric_point(T x, T t, const AsymmetricParams<T>
     const T p_neg = fm_select(clipped, one, shifted);
     // p_neg = 1 + min(clip - p, 0): log1p of that exact-ish difference (log of a value near 1 loses its digits).
     const T clip_minus_p = prm.clip - s.p;
-    log_neg = fm_max(fm_log1p(fm_select(clip_minus_p < zero, clip_minus_p, zero)), prm.log_eps);
+    log_neg = fm_max(fm_log1p_nonpositive_at<P>(fm_select(clip_minus_p < zero, clip_minus_p, zero)), prm.log_eps);
     // d log max(p_neg, eps)/dx = -p q / p_neg while p_neg moves and > eps
-    dlog_neg = fm_select(clipped, zero, fm_select(p_neg < prm.eps, zero, zero - pq * fm_reciprocal(p_neg)));
-    u = t * s.q + (one - t) * fm_max(s.p - prm.clip, zero);
+    dlog_neg = fm_select(clipped, zero, fm_select(p_neg < prm.eps, zero, -(pq * fm_reciprocal(p_neg))));
+    u = t * s.q + one_minus_t * fm_max(s.p - prm.clip, zero);
   } else {
-    log_neg = fm_max(zero - (s.log1p_e + fm_max(x, zero)), prm.log_eps);
-    dlog_neg = fm_select(s.q < prm.eps, zero, zero - s.p);  // p_neg = q: q's rounding to 1 is no clip
-    u = t * s.q + (one - t) * s.p;
+    log_neg = fm_max(-(s.log1p_e + fm_max(x, zero)), prm.log_eps);
+    dlog_neg = fm_select(s.q < prm.eps, zero, -s.p);  // p_neg = q: q's rounding to 1 is no clip
+    u = t * s.q + one_minus_t * s.p;
   }
-  const T ce = zero - (t * log_pos + (one - t) * log_neg);
-  const T dce = zero - (t * dlog_pos + (one - t) * dlog_neg);
-  const T g = prm.gamma_pos * t + prm.gamma_neg * (one - t);
-  const T w = modulating_factor<kGammaAny>(u, g);
+  const T ce = -(t * log_pos + one_minus_t * log_neg);
+  const T dce = -(t * dlog_pos + one_minus_t * dlog_neg);
+  const T g = prm.gamma_pos * t + prm.gamma_neg * one_minus_t;
+  const T w = modulating_factor<kGammaAny, P>(u, g);
   loss = w * ce;
   if constexpr (kDetach) {
     grad = w * dce;
   } else {
     // du/dx = -t p q + (1 - t) p q [p > clip]
-    const T du = kClip ? (one - t) * fm_select(s.p > prm.clip, pq, zero) - t * pq : (one - t - t) * pq;
+    const T du = kClip ? one_minus_t * fm_select(s.p > prm.clip, pq, zero) - t * pq : (one_minus_t - t) * pq;
     grad = w * dce + ce * modulating_derivative<kGammaAny>(u, w, g, du);
   }
 }
@@ -311,12 +416,12 @@ C10_HOST_DEVICE inline void asymmetric_point(T x, T t, const AsymmetricParams<T>
 //   weighted_logp = alpha_c u**gamma (logp - poly u)   (the row loss is -sum_c q_c weighted_logp_c)
 //   h             = d weighted_logp / d logp = alpha_c (u**gamma - gamma p logp u**(gamma-1) + poly (gamma+1) p u**gamma)
 // so that d(row loss)/dx_j = -q_j h_j + p_j sum_c q_c h_c (q: smoothed target distribution).
-template <int G, typename T>
+template <int G, Precision P = Precision::kFull, typename T>
 C10_HOST_DEVICE inline void softmax_focal_class_terms(T logp, T alpha_c, T gamma, T& weighted_logp, T& h,
                                                       T poly = T(0)) {
   const T p = fm_exp(logp);
-  const T u = -fm_expm1(logp);  // 1 - p without cancellation near p = 1
-  const T m = modulating_factor<G>(u, gamma);
+  const T u = -fm_expm1_nonpositive_at<P>(logp);  // 1 - p without cancellation near p = 1
+  const T m = modulating_factor<G, P>(u, gamma);
   weighted_logp = alpha_c * m * (logp - poly * u);
   // p logp / (1 - p) -> -1 as p -> 1: bounded.
   h = alpha_c * (m - modulating_derivative<G>(u, m, gamma, p * logp) + poly * (gamma + T(1)) * p * m);

@@ -12,4 +12,9 @@ namespace focal {
       0.1907130926847458f, -0.2483394593000412f, 0.3331793546676636f, -0.4999943673610687f, 0.9999999403953552f
 inline constexpr float kLog1pUnitCoefficients[9] = {FOCAL_LOG1P_UNIT_COEFFICIENTS};
 
+// For results stored in fp16 / bf16 (11 / 8 significant bits): log1p(e) = small R(e), small = e / (1 + e), with R a
+// degree-4 fit of (1 + e) log1p(e) / e (relative, at Chebyshev nodes): within 1.1e-5 relative over [1e-38, 1] in float.
+#define FOCAL_LOG1P_UNIT_COMPACT_COEFFICIENTS                                                                  \
+  -0.01438358798623085f, 0.06177113950252533f, -0.16046541929244995f, 0.4993461072444916f, 1.0000109672546387f
+
 }  // namespace focal

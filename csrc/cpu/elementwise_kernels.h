@@ -139,7 +139,8 @@ ForwardSums elementwise_forward_typed(const ForwardArgs& args, const Elementwise
         });
       case ElementwiseLoss::kBinaryFocal:
         return elementwise_traverse<scalar_t>(args, [&](const Vec& p, const Vec& t, int64_t, int64_t, Vec& l, Vec& g) {
-          binary_focal_point<G>(p, t, alpha, gamma, l, g);
+          bool invalid;  // checked on the host before the kernel
+          binary_focal_point<G>(p, t, alpha, gamma, l, g, invalid);
         });
       case ElementwiseLoss::kVarifocal:
         return elementwise_traverse<scalar_t>(args, [&](const Vec& x, const Vec& q, int64_t, int64_t, Vec& l, Vec& g) {

@@ -17,80 +17,153 @@ enum class Layout : int {
 
 namespace {
 
-// Point functors: (logit or prob x, target t, class col) -> loss, d loss / d x, from focal_math.h. target(t) is the
-// target the point takes for a target value t (label smoothing), applied once per row for class-index targets.
-// kPoly: Poly-1's epsilon is nonzero (else its terms are left out of the code, not multiplied by 0).
+// Point functors: (logit or prob x, target t, class col) -> loss, d loss / d x, from focal_math.h, at the precision P
+// the stored result needs. target(t) is the target the point takes for a target value t (label smoothing), applied
+// once per row for class-index targets. kPoly: Poly-1's epsilon is nonzero (else its terms are left out of the
+// code, not multiplied by 0).
+//
+// Class-index targets: Layout::kIndex* call row(q, w) once per row an access touches (q: the target class's value,
+// w: the row's weight, 0 when ignored) and indexed(x, on, row) per element (on: the element is its row's target
+// class); Layout::kGeneral calls indexed with element_row(q, w, col) (the element's own weight and alpha) when
+// index_form() holds, so a class-index target gets one formula in every layout. SoftIndexed gives the points whose
+// targets are soft there the general form: t = on ? target(q) : target(0).
+template <typename T, typename Point>
+struct SoftIndexed {
+  struct Row {
+    T t_on;
+    T weight;
+    // field by field: a select of whole structs puts both in local memory
+    __device__ __forceinline__ static Row pick(bool second, const Row& a, const Row& b) {
+      return {second ? b.t_on : a.t_on, second ? b.weight : a.weight};
+    }
+  };
+  __device__ __forceinline__ Row row(T q, T w) const {
+    return {static_cast<const Point*>(this)->target(q), w};
+  }
+  template <bool>
+  __device__ __forceinline__ Row element_row(T q, T w, int64_t) const {
+    return row(q, w);
+  }
+  __device__ __forceinline__ bool index_form() const { return true; }
+  template <Precision P>
+  __device__ __forceinline__ void indexed(T x, bool on, const Row& r, T& loss, T& grad) const {
+    const Point& point = *static_cast<const Point*>(this);
+    point.template apply<false, P>(x, on ? r.t_on : point.target(T(0)), 0, loss, grad);
+    loss *= r.weight;
+    grad *= r.weight;
+  }
+};
+
 template <int G, bool kPoly, typename T>
 struct SigmoidPoint {
   static constexpr bool kClassIndexTargets = true;
+  static constexpr bool kChecksRange = false;
   AlphaWeight<T> alpha;
   const T* class_alpha;  // per-class alpha, or null
   T gamma;
   T smoothing;
   T poly;
-  template <bool kHasColumn>
+  template <bool kHasColumn, Precision P>
   __device__ __forceinline__ void apply(T x, T t, int64_t col, T& loss, T& grad) const {
     AlphaWeight<T> a = alpha;
     if (kHasColumn && class_alpha != nullptr) a = AlphaWeight<T>::of(class_alpha[col]);
-    sigmoid_focal_point<G, kPoly>(x, t, a, gamma, loss, grad, poly);
+    sigmoid_focal_point<G, kPoly, P>(x, t, a, gamma, loss, grad, poly);
   }
   __device__ __forceinline__ T target(T t) const { return smooth_binary_target(t, smoothing); }
+  // Class-index layouts take hard targets only (the launcher sends label smoothing to Layout::kGeneral): the
+  // target class is t = 1, the others t = 0, both through sigmoid_focal_hard_point with the alpha weight a_t times
+  // the row's weight (signed: minus for the flipped t = 1).
+  struct Row {
+    T a_on;
+    T a_off;
+    __device__ __forceinline__ static Row pick(bool second, const Row& a, const Row& b) {
+      return {second ? b.a_on : a.a_on, second ? b.a_off : a.a_off};
+    }
+  };
+  __device__ __forceinline__ Row row(T, T w) const { return {-(alpha.pos * w), alpha.neg * w}; }
+  template <bool kHasColumn>
+  __device__ __forceinline__ Row element_row(T, T w, int64_t col) const {
+    const AlphaWeight<T> a = kHasColumn && class_alpha != nullptr ? AlphaWeight<T>::of(class_alpha[col]) : alpha;
+    return {-(a.pos * w), a.neg * w};
+  }
+  __device__ __forceinline__ bool index_form() const { return smoothing == T(0); }  // hard targets
+  template <Precision P>
+  __device__ __forceinline__ void indexed(T x, bool on, const Row& r, T& loss, T& grad) const {
+    sigmoid_focal_hard_point<G, kPoly, P>(x, on, on ? r.a_on : r.a_off, gamma, loss, grad, poly);
+  }
 };
 
 template <int G, typename T>
 struct BinaryPoint {
   static constexpr bool kClassIndexTargets = false;  // prob and a dense target only
+  static constexpr bool kChecksRange = true;         // prob in [0, 1]: apply reports `invalid`
   AlphaWeight<T> alpha;
   T gamma;
-  template <bool>
-  __device__ __forceinline__ void apply(T p, T t, int64_t, T& loss, T& grad) const {
-    // NaN passes (and propagates), as on CPU.
-    CUDA_KERNEL_ASSERT(!(p < T(0) || p > T(1)) && "prob: expected values in [0, 1]");
-    binary_focal_point<G>(p, t, alpha, gamma, loss, grad);
+  template <bool, Precision P>
+  __device__ __forceinline__ void apply(T p, T t, int64_t, T& loss, T& grad, bool& invalid) const {
+    binary_focal_point<G, P>(p, t, alpha, gamma, loss, grad, invalid);  // NaN is not invalid: it propagates
   }
   __device__ __forceinline__ T target(T t) const { return t; }
 };
 
 template <int G, typename T>
-struct VarifocalPoint {
+struct VarifocalPoint : SoftIndexed<T, VarifocalPoint<G, T>> {
   static constexpr bool kClassIndexTargets = true;
+  static constexpr bool kChecksRange = false;
   T alpha;
   T gamma;
   bool iou_weighted;
-  template <bool>
+  template <bool, Precision P>
   __device__ __forceinline__ void apply(T x, T q, int64_t, T& loss, T& grad) const {
-    varifocal_point<G>(x, q, alpha, gamma, iou_weighted, loss, grad);
+    varifocal_point<G, P>(x, q, alpha, gamma, iou_weighted, loss, grad);
   }
   __device__ __forceinline__ T target(T t) const { return t; }
 };
 
 template <int G, typename T>
-struct QualityFocalPoint {
+struct QualityFocalPoint : SoftIndexed<T, QualityFocalPoint<G, T>> {
   static constexpr bool kClassIndexTargets = true;
+  static constexpr bool kChecksRange = false;
   T beta;
-  template <bool>
+  template <bool, Precision P>
   __device__ __forceinline__ void apply(T x, T y, int64_t, T& loss, T& grad) const {
-    quality_focal_point<G>(x, y, beta, loss, grad);
+    quality_focal_point<G, P>(x, y, beta, loss, grad);
   }
   __device__ __forceinline__ T target(T t) const { return t; }
 };
 
 template <bool kClip, bool kDetach, typename T>
-struct AsymmetricPoint {
+struct AsymmetricPoint : SoftIndexed<T, AsymmetricPoint<kClip, kDetach, T>> {
   static constexpr bool kClassIndexTargets = true;
+  static constexpr bool kChecksRange = false;
   AsymmetricParams<T> params;
-  template <bool>
+  template <bool, Precision P>
   __device__ __forceinline__ void apply(T x, T t, int64_t, T& loss, T& grad) const {
-    asymmetric_point<kClip, kDetach>(x, t, params, loss, grad);
+    asymmetric_point<kClip, kDetach, P>(x, t, params, loss, grad);
   }
   __device__ __forceinline__ T target(T t) const { return t; }
 };
 
+// point.apply; a point that checks its input's range reports into `invalid`, so that an access asserts once.
+template <bool kHasColumn, Precision P, typename Point, typename T>
+__device__ __forceinline__ void apply_point(const Point& point, T x, T t, int64_t col, T& loss, T& grad,
+                                            bool& invalid) {
+  if constexpr (Point::kChecksRange) {
+    bool bad;
+    point.template apply<kHasColumn, P>(x, t, col, loss, grad, bad);
+    invalid = invalid || bad;
+  } else {
+    point.template apply<kHasColumn, P>(x, t, col, loss, grad);
+  }
+}
+
 // Whether a row with class-index target `tgt` counts: not ignored, and 0 <= tgt <= C (C: background).
 __device__ __forceinline__ bool sigmoid_row_counted(int64_t tgt, int64_t C, int64_t ignore_index) {
   if (tgt == ignore_index) return false;
-  // Traps and kills the CUDA context, as F.cross_entropy does for a bad class index.
-  CUDA_KERNEL_ASSERT(tgt >= 0 && tgt <= C && "target: class index out of range [0, C] and not ignore_index");
+  // 0 <= tgt <= C as one unsigned compare. Traps and kills the CUDA context, as F.cross_entropy does for a bad
+  // class index.
+  CUDA_KERNEL_ASSERT(static_cast<uint64_t>(tgt) <= static_cast<uint64_t>(C) &&
+                     "target: class index out of range [0, C] and not ignore_index");
   return true;
 }
 
@@ -111,23 +184,30 @@ struct ElementwiseInputs {
   op_t grad_prescale;  // fp16: the power of two the stored gradient carries (ReductionBuffers::grad_prescale)
 };
 
-// The gradient as stored: fp16 carries grad_prescale (gradients below fp16's range survive the loss scale).
-template <typename scalar_t>
-__device__ __forceinline__ scalar_t stored_grad(opmath_t<scalar_t> g, opmath_t<scalar_t> grad_prescale) {
-  if constexpr (std::is_same_v<scalar_t, c10::Half>) g *= grad_prescale;
-  return static_cast<scalar_t>(g);
+// The gradients as stored: fp16 carries grad_prescale (gradients below fp16's range survive the loss scale).
+template <int W, typename scalar_t>
+__device__ __forceinline__ void store_grads(opmath_t<scalar_t>* g, opmath_t<scalar_t> grad_prescale, scalar_t* out) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+#pragma unroll
+    for (int k = 0; k < W; ++k) g[k] *= grad_prescale;
+  }
+  from_opmath<W>(g, out);
 }
 
-// (row, col) of an element of the (rows, C) input, moved forward by a fixed step without a division.
+// (row, col) of an element of the (rows, C) input, moved forward by a fixed step without a division. Col: the
+// column's type, int32_t where the launcher knows C <= 2**30 (fewer instructions per step; col + step stays
+// below 2**31), else int64_t.
+template <typename Col>
 struct RowCursor {
   int64_t row = 0;
-  int64_t col = 0;
+  Col col = 0;
   int64_t step_rows = 0;
-  int64_t step_cols = 0;  // step = step_rows * C + step_cols, 0 <= step_cols < C
-  int64_t C = 1;
+  Col step_cols = 0;  // step = step_rows * C + step_cols, 0 <= step_cols < C
+  Col C = 1;
   __device__ __forceinline__ RowCursor(int64_t element, int64_t step, int64_t classes)
-      : row(element / classes), col(element - row * classes), step_rows(step / classes),
-        step_cols(step - step_rows * classes), C(classes) {}  // two 64-bit divisions, once per thread
+      : row(element / classes), col(static_cast<Col>(element - row * classes)), step_rows(step / classes),
+        step_cols(static_cast<Col>(step - step_rows * classes)),
+        C(static_cast<Col>(classes)) {}  // two 64-bit divisions, once per thread
   __device__ __forceinline__ void advance() {
     row += step_rows;
     col += step_cols;
@@ -150,16 +230,18 @@ struct RowTerms {
 
 // Element k of an access that starts at column `first_col` of row `row` (first_col may be negative: the
 // access began in the previous row).
-template <typename scalar_t>
+template <typename scalar_t, typename Col>
 __device__ __forceinline__ RowTerms<opmath_t<scalar_t>> row_terms(const ElementwiseInputs<scalar_t>& in, int64_t row,
-                                                                  int64_t first_col, int width) {
+                                                                  Col first_col, int width) {
   using op_t = opmath_t<scalar_t>;
   RowTerms<op_t> r;
   if (in.index_target != nullptr) {
     const int64_t tgt = in.index_target[row];
     r.counted = sigmoid_row_counted(tgt, in.C, in.ignore_index);
-    const int64_t at = tgt - first_col;
-    r.positive = r.counted && tgt < in.C && at >= 0 && at < width ? static_cast<int>(at) : -1;
+    // 0 <= at < width in one unsigned compare (in Col: a counted tgt is in [0, C])
+    using UCol = std::make_unsigned_t<Col>;
+    const UCol at = static_cast<UCol>(static_cast<UCol>(tgt) - static_cast<UCol>(first_col));  // wraps, no overflow
+    r.positive = r.counted && tgt < in.C && at < static_cast<UCol>(width) ? static_cast<int>(at) : -1;
     if (in.score != nullptr) r.q = static_cast<op_t>(in.score[row]);
   }
   if (in.weight_mode == WeightMode::kRow) r.weight = in.weight[row];
@@ -170,63 +252,99 @@ __device__ __forceinline__ RowTerms<opmath_t<scalar_t>> row_terms(const Elementw
 // Loss and gradient of `W` consecutive elements starting at element `base` = (cur.row, cur.col): W = 1
 // (scalar accesses) or the vector width (then C >= W unless kDense, so they span at most two rows).
 // Returns the counted elements (class-index targets; dense targets count every element, on the host).
-template <Layout L, int W, typename scalar_t, typename Point>
+template <Layout L, int W, typename scalar_t, typename Point, typename Cursor>
 __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scalar_t>& in, const Point& point,
-                                                    int64_t base, const RowCursor& cur, const scalar_t* xs,
+                                                    int64_t base, const Cursor& cur, const scalar_t* xs,
                                                     const scalar_t* ts, scalar_t* ls, scalar_t* gs,
                                                     opmath_t<scalar_t>& acc) {
   using op_t = opmath_t<scalar_t>;
+  constexpr Precision P = precision_of<scalar_t>();
+  op_t x[W], l[W], g[W];
+  int64_t counted_elements = 0;
+  bool invalid = false;
   if constexpr (L == Layout::kDense) {
+    to_opmath<W>(xs, x);
+    op_t t[W];
+    to_opmath<W>(ts, t);
 #pragma unroll
     for (int k = 0; k < W; ++k) {
-      op_t l, g;
-      point.template apply<false>(static_cast<op_t>(xs[k]), point.target(static_cast<op_t>(ts[k])), 0, l, g);
-      acc += l;
-      ls[k] = static_cast<scalar_t>(l);
-      gs[k] = stored_grad<scalar_t>(g, in.grad_prescale);
+      apply_point<false, P>(point, x[k], point.target(t[k]), 0, l[k], g[k], invalid);
+      acc += l[k];
     }
-    return 0;
   } else {
     const bool index = L != Layout::kGeneral || in.index_target != nullptr;
     // Elements k >= split lie in the next row.
     const int split =
         W == 1 || L == Layout::kIndexAligned || cur.col + W <= in.C ? W : static_cast<int>(in.C - cur.col);
     const RowTerms<op_t> first = row_terms(in, cur.row, cur.col, W);
-    const RowTerms<op_t> second = split < W ? row_terms(in, cur.row + 1, cur.col - in.C, W) : RowTerms<op_t>{};
-    // the point's targets of the rows' classes, once per access
-    const op_t off = point.target(op_t(0)), first_on = point.target(first.q), second_on = point.target(second.q);
+    const RowTerms<op_t> second = split < W ? row_terms(in, cur.row + 1, cur.col - cur.C, W) : RowTerms<op_t>{};
+    if (index) counted_elements = (first.counted ? split : 0) + (second.counted ? W - split : 0);
+    // One row per access: an ignored one reaches the math as x = 0 (weight 0), whatever its logits hold.
+    to_opmath<W>(xs, x, L != Layout::kIndexAligned || first.counted);
+    if constexpr (L == Layout::kGeneral) {
+      op_t t[W];
+      if (!index) to_opmath<W>(ts, t);
+      // the point's targets of the rows' classes, once per access
+      const op_t off = point.target(op_t(0)), first_on = point.target(first.q), second_on = point.target(second.q);
 #pragma unroll
-    for (int k = 0; k < W; ++k) {
-      const bool next_row = k >= split;
-      const op_t t = !index                 ? point.target(static_cast<op_t>(ts[k]))
-                     : k == first.positive  ? first_on
-                     : k == second.positive ? second_on
-                                            : off;
-      op_t w = next_row ? second.weight : first.weight;
-      const bool counted = next_row ? second.counted : first.counted;
-      int64_t col = 0;
-      if constexpr (L == Layout::kGeneral) {
-        col = next_row ? cur.col + k - in.C : cur.col + k;
+      for (int k = 0; k < W; ++k) {
+        const bool next_row = k >= split;
+        const op_t target = !index                 ? point.target(t[k])
+                            : k == first.positive  ? first_on
+                            : k == second.positive ? second_on
+                                                   : off;
+        op_t w = next_row ? second.weight : first.weight;
+        const bool counted = next_row ? second.counted : first.counted;
+        const int64_t col = next_row ? cur.col + k - in.C : cur.col + k;
         // w is 0 for an ignored row, else 1 (no row weight in this mode): ignored rows stay 0 whatever their
         // weights hold.
         if (in.weight_mode == WeightMode::kClass && counted) w *= in.weight[col];
         if (in.weight_mode == WeightMode::kElement && counted) w *= in.weight[base + k];
+        // Ignored rows (weight 0): x = 0 keeps their zero-weighted terms finite whatever the logits hold. A user's
+        // weight of 0 is an ordinary weight (0 * NaN = NaN, as loss * weight).
+        const op_t xk = counted ? x[k] : op_t(0);
+        bool index_form = false;
+        if constexpr (Point::kClassIndexTargets) index_form = index && point.index_form();
+        if (index_form) {
+          if constexpr (Point::kClassIndexTargets) {
+            point.template indexed<P>(xk, k == first.positive || k == second.positive,
+                                      point.template element_row<true>(next_row ? second.q : first.q, w, col), l[k],
+                                      g[k]);
+          }
+        } else {
+          apply_point<true, P>(point, xk, target, col, l[k], g[k], invalid);
+          l[k] *= w;
+          g[k] *= w;
+        }
+        acc += l[k];
       }
-      // Ignored rows (weight 0): x = 0 keeps their zero-weighted terms finite whatever the logits hold. A user's
-      // weight of 0 is an ordinary weight (0 * NaN = NaN, as loss * weight).
-      const op_t x = counted ? static_cast<op_t>(xs[k]) : op_t(0);
-      op_t l, g;
-      point.template apply<L == Layout::kGeneral>(x, t, col, l, g);
-      l *= w;
-      g *= w;
-      acc += l;
-      ls[k] = static_cast<scalar_t>(l);
-      gs[k] = stored_grad<scalar_t>(g, in.grad_prescale);
+    } else {
+      // Class-index layouts: what a row contributes, once per access; per element only whether it is the target.
+      const auto first_row = point.row(first.q, first.weight);
+      const auto second_row = point.row(second.q, second.weight);
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const bool next_row = k >= split;
+        const bool counted = L == Layout::kIndexAligned || (next_row ? second.counted : first.counted);
+        point.template indexed<P>(counted ? x[k] : op_t(0),  // as above: ignored rows stay finite
+                                  k == first.positive || k == second.positive,
+                                  Point::Row::pick(next_row, first_row, second_row), l[k], g[k]);
+        acc += l[k];
+      }
     }
-    if (!index) return 0;
-    return (first.counted ? split : 0) + (second.counted ? W - split : 0);
   }
+  // Traps and kills the CUDA context, as an out-of-range class index does.
+  CUDA_KERNEL_ASSERT(!invalid && "prob: expected values in [0, 1]");
+  from_opmath<W>(l, ls);
+  store_grads<W>(g, in.grad_prescale, gs);
+  return counted_elements;
 }
+
+// The cursor's column type: 32-bit for the aligned class-index layout (the launcher sends C > 2**30 elsewhere),
+// except in double, whose kernels it would push to a stack frame.
+template <Layout L, typename scalar_t>
+using CursorFor =
+    RowCursor<std::conditional_t<L == Layout::kIndexAligned && sizeof(scalar_t) < 8, int32_t, int64_t>>;
 
 // Vectors each thread loads before computing on any: more 16-byte loads in flight per thread. One for the
 // general layout, whose per-element reads already hold more registers.
@@ -253,7 +371,7 @@ __global__ void __launch_bounds__(kThreads)
   int64_t tail_begin = 0;
   if (in.vectorized) {
     const int64_t n_vec = in.n / V;
-    RowCursor cur(L == Layout::kDense ? 0 : tid * V, stride * V, in.C);
+    CursorFor<L, scalar_t> cur(L == Layout::kDense ? 0 : tid * V, stride * V, in.C);
     for (int64_t v0 = tid; v0 < n_vec; v0 += U * stride) {
       Vector<scalar_t> xv[U], tv[U];
 #pragma unroll
@@ -279,7 +397,7 @@ __global__ void __launch_bounds__(kThreads)
     tail_begin = n_vec * V;
   }
   if (tail_begin + tid < in.n) {
-    RowCursor cur(L == Layout::kDense ? 0 : tail_begin + tid, stride, in.C);
+    CursorFor<L, scalar_t> cur(L == Layout::kDense ? 0 : tail_begin + tid, stride, in.C);
     for (int64_t i = tail_begin + tid; i < in.n; i += stride) {
       const scalar_t tv = has_dense_target ? in.dense_target[i] : scalar_t(0);
       scalar_t lv, gv;
@@ -322,10 +440,15 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     in.C = p.classes < 1 ? 1 : p.classes;
     in.ignore_index = p.ignore_index;
     in.grad_prescale = static_cast<op_t>(p.reduce.grad_prescale);
-    const bool per_element_reads =
-        p.class_alpha != nullptr || in.weight_mode == WeightMode::kClass || in.weight_mode == WeightMode::kElement;
+    // Per-element reads, and label smoothing of sigmoid targets (SigmoidPoint's class-index form takes hard
+    // targets), go through the general layout.
+    const bool per_element_reads = p.class_alpha != nullptr || in.weight_mode == WeightMode::kClass ||
+                                   in.weight_mode == WeightMode::kElement ||
+                                   (p.loss_kind == ElementwiseLoss::kSigmoidFocal && p.constants.label_smoothing != 0);
     const Layout layout = per_element_reads                        ? Layout::kGeneral
-                          : p.index_target && in.C % vector_width<scalar_t>() == 0 ? Layout::kIndexAligned
+                          : p.index_target && in.C % vector_width<scalar_t>() == 0 &&
+                                    in.C <= (int64_t{1} << 30)  // col + step < 2C fits the cursor's int32
+                              ? Layout::kIndexAligned
                           : p.index_target                                   ? Layout::kIndex
                           : in.weight_mode == WeightMode::kNone              ? Layout::kDense
                                                                              : Layout::kGeneral;
@@ -360,7 +483,7 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
       const AsymmetricParams<op_t> prm{gamma, static_cast<op_t>(c.gamma_neg), static_cast<op_t>(c.clip),
                                        static_cast<op_t>(c.eps), static_cast<op_t>(std::log(c.eps))};
       const auto asymmetric = [&](auto clip_tag, auto detach_tag) {
-        launch(AsymmetricPoint<decltype(clip_tag)::value, decltype(detach_tag)::value, op_t>{prm});
+        launch(AsymmetricPoint<decltype(clip_tag)::value, decltype(detach_tag)::value, op_t>{{}, prm});
       };
       if (c.clip > 0) {
         c.detach_modulation ? asymmetric(std::true_type{}, std::true_type{})
@@ -391,10 +514,10 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
           launch(BinaryPoint<G, op_t>{AlphaWeight<op_t>::from(c.alpha), gamma});
           break;
         case ElementwiseLoss::kVarifocal:
-          launch(VarifocalPoint<G, op_t>{static_cast<op_t>(c.alpha), gamma, c.iou_weighted});
+          launch(VarifocalPoint<G, op_t>{{}, static_cast<op_t>(c.alpha), gamma, c.iou_weighted});
           break;
         case ElementwiseLoss::kQualityFocal:
-          launch(QualityFocalPoint<G, op_t>{gamma});
+          launch(QualityFocalPoint<G, op_t>{{}, gamma});
           break;
         default:
           TORCH_CHECK(false, "focal elementwise forward: unknown loss kind ", static_cast<int>(p.loss_kind));

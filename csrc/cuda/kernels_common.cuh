@@ -21,6 +21,11 @@
 #include <ATen/OpMathType.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+#include <cstring>
 
 // The one way kernels are launched: FOCAL_LAUNCH(grid, block, smem, stream, kernel)(args...). It counts the
 // launch, and runs the kernel through the emulator when built for it.
@@ -52,6 +57,12 @@ constexpr int kMaxBlocksPerSm = 2048 / kThreads;
 constexpr int kVectorBytes = 16;
 constexpr int kWarpSize = 32;
 
+// The digits a result stored as scalar_t needs (focal_math.h): fp16 / bf16 round to 11 / 8 significant bits.
+template <typename scalar_t>
+constexpr Precision precision_of() {
+  return sizeof(scalar_t) == 2 ? Precision::kStorage16 : Precision::kFull;
+}
+
 // Elements of scalar_t in one 128-bit access.
 template <typename scalar_t>
 constexpr int vector_width() {
@@ -74,6 +85,50 @@ __device__ __forceinline__ Vector<scalar_t> load_vector(const scalar_t* p) {
 template <typename scalar_t>
 __device__ __forceinline__ void store_vector(scalar_t* p, const Vector<scalar_t>& v) {
   *reinterpret_cast<Vector<scalar_t>*>(p) = v;
+}
+
+// W elements to float (opmath) and back, two at a time for the 16-bit types on the device: a bf16 pair is one
+// 32-bit word (low: word << 16, high: word & 0xffff0000), and one F2FP packs two rounded floats (round to nearest
+// even, as the per-element conversion).
+template <int W, typename scalar_t>
+__device__ __forceinline__ void to_opmath(const scalar_t* in, opmath_t<scalar_t>* out, bool keep = true) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && W % 2 == 0) {
+#pragma unroll
+    for (int k = 0; k < W; k += 2) {
+      uint32_t word;
+      memcpy(&word, in + k, sizeof word);
+      word = keep ? word : 0u;
+      out[k] = __uint_as_float(word << 16);
+      out[k + 1] = __uint_as_float(word & 0xffff0000u);
+    }
+    return;
+  }
+#endif
+  // keep false: zeros
+#pragma unroll
+  for (int k = 0; k < W; ++k) out[k] = keep ? static_cast<opmath_t<scalar_t>>(in[k]) : opmath_t<scalar_t>(0);
+}
+
+template <int W, typename scalar_t>
+__device__ __forceinline__ void from_opmath(const opmath_t<scalar_t>* in, scalar_t* out) {
+#if defined(__CUDA_ARCH__)
+  if constexpr ((std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, c10::Half>) && W % 2 == 0) {
+#pragma unroll
+    for (int k = 0; k < W; k += 2) {
+      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+        const __nv_bfloat162 pair = __floats2bfloat162_rn(in[k], in[k + 1]);
+        memcpy(out + k, &pair, sizeof pair);
+      } else {
+        const __half2 pair = __floats2half2_rn(in[k], in[k + 1]);
+        memcpy(out + k, &pair, sizeof pair);
+      }
+    }
+    return;
+  }
+#endif
+#pragma unroll
+  for (int k = 0; k < W; ++k) out[k] = static_cast<scalar_t>(in[k]);
 }
 
 C10_HOST_DEVICE inline bool is_vector_aligned(const void* p) {

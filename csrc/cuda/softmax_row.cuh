@@ -56,6 +56,7 @@ template <typename scalar_t, typename RowIndex>
 struct ContiguousRow {
   using Index = RowIndex;
   static constexpr int kUnit = vector_width<scalar_t>();
+  static constexpr Precision kPrecision = precision_of<scalar_t>();  // of the row's results
   using op_t = opmath_t<scalar_t>;
   using Bits = typename BitsOf<sizeof(scalar_t)>::type;
   const scalar_t* span;  // row start - head
@@ -94,14 +95,12 @@ struct ContiguousRow {
       }
       memcpy(&v, words, sizeof(v));
     }
-#pragma unroll
-    for (int k = 0; k < kUnit; ++k) out[k] = static_cast<op_t>(v.val[k]);
+    to_opmath<kUnit>(v.val, out);
   }
 
   __device__ __forceinline__ void store(Index u, const op_t (&value)[kUnit]) const {
     Vector<scalar_t> v;
-#pragma unroll
-    for (int k = 0; k < kUnit; ++k) v.val[k] = static_cast<scalar_t>(value[k]);
+    from_opmath<kUnit>(value, v.val);
     if (grad_vectors && inside(u)) {
       store_vector(grad_span + u * kUnit, v);
       return;
@@ -153,6 +152,7 @@ template <typename scalar_t>
 struct StridedRow {
   using Index = int;
   static constexpr int kUnit = 1;
+  static constexpr Precision kPrecision = precision_of<scalar_t>();  // of the row's results
   using op_t = opmath_t<scalar_t>;
   const scalar_t* x;
   scalar_t* grad;  // or null
@@ -201,6 +201,7 @@ template <int G, bool kSmooth, int kSlots, bool kChunked, typename Access, typen
 __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, const RowTarget<T>& t,
                                          const SoftmaxConsts<T>& k) {
   constexpr int U = Access::kUnit;
+  constexpr Precision P = Access::kPrecision;
   using Index = typename Access::Index;
   const int rank = group.rank();
   const Index width = group.width();
@@ -254,7 +255,7 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
   const T row_max = t.counted ? total.max : T(0);
   const T row_sum = T(1) + total.excess;
   // >= 0 (clamped: the device's approx exp may be 2**-22 off), so that log p <= 0 (p <= 1) for every class.
-  const T log_sum = fm_max(fm_log1p(total.excess), T(0));
+  const T log_sum = fm_max(fm_log1p_nonnegative_at<P>(total.excess), T(0));
   // The registers are relative to `ref`: the thread's max while resident, the row's after a reread.
   const T ref = resident ? (m == negative_infinity<T>() ? T(0) : m) : row_max;
   const auto reload = [&](Index c) {
@@ -272,16 +273,17 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
     if (t.counted) {
       T weighted_logp, h;
       logp_t = log_softmax_value(t.logit, row_max, log_sum);
-      softmax_focal_class_terms<G>(logp_t, k.alpha != nullptr ? k.alpha[t.tgt] : T(1), k.gamma, weighted_logp, h,
+      softmax_focal_class_terms<G, P>(logp_t, k.alpha != nullptr ? k.alpha[t.tgt] : T(1), k.gamma, weighted_logp, h,
                                    k.poly);
       row_loss = -t.weight * weighted_logp;
       hw = h * t.weight * k.grad_prescale;
     }
     if (row.has_grad()) {
       // grad_j = hw p_j = hw exp(ref - max) / sum * register_j off the target; 0 for threads without classes.
+      // row_sum >= 1: a plain reciprocal (no small-divisor scaling)
       const T to_prob = !t.counted || (resident && m == negative_infinity<T>())
                             ? T(0)
-                            : fm_div(ref == row_max ? T(1) : fm_exp(ref - row_max), row_sum);
+                            : (ref == row_max ? T(1) : fm_exp(ref - row_max)) * fm_reciprocal(row_sum);
       const T scale = hw * to_prob;
       for (Index c = 0; c < chunks; ++c) {
         reload(c);
@@ -296,14 +298,14 @@ __device__ __forceinline__ T softmax_row(const Access& row, const Group& group, 
       }
       // The target's h (p_t - 1) overwrites what this thread stored there (expm1: exact near p_t = 1).
       if (t.counted && row.unit_of(static_cast<Index>(t.tgt)) % width == rank) {
-        row.store_class(static_cast<Index>(t.tgt), hw * fm_expm1(logp_t));
+        row.store_class(static_cast<Index>(t.tgt), hw * fm_expm1_nonpositive_at<P>(logp_t));
       }
     }
     return row_loss;
   } else {
     const T offset = ref - row_max - log_sum;  // log p = register + offset
     const auto terms = [&](Index j, T logp, T& weighted_logp, T& h) {
-      softmax_focal_class_terms<G>(logp, k.alpha != nullptr ? k.alpha[j] : T(1), k.gamma, weighted_logp, h, k.poly);
+      softmax_focal_class_terms<G, P>(logp, k.alpha != nullptr ? k.alpha[j] : T(1), k.gamma, weighted_logp, h, k.poly);
     };
     SumPair<T> acc{T(0), T(0)};  // sum_c q_c weighted_logp_c, sum_c q_c h_c
     if (t.counted) {
