@@ -154,9 +154,8 @@ C10_HOST_DEVICE inline float log1p_nonnegative_compact(float x) {
 // expm1(x) for x <= 0, for results stored in fp16 / bf16: a 4-term series above -1/16 (1.3e-7 relative), else
 // exp(x) - 1 (no cancellation left: |result| > 0.06).
 C10_HOST_DEVICE inline float expm1_nonpositive_compact(float x) {
-  const float series = x * fma(x, fma(x, fma(x, 1.0f / 24.0f, 1.0f / 6.0f), 0.5f), 1.0f);
-  const float far = exp(x) - 1.0f;
-  return x > -0.0625f ? series : far;
+  if (x > -0.0625f) return x * fma(x, fma(x, fma(x, 1.0f / 24.0f, 1.0f / 6.0f), 0.5f), 1.0f);
+  return exp(x) - 1.0f;
 }
 // a / b with rcp.approx (1 ulp) instead of IEEE division, whose slow path is a call (a stack frame in every kernel
 // that divides): b below 2**-100 is scaled by 2**64 first (exactly), where ftz would flush it to 0.
@@ -226,11 +225,13 @@ C10_HOST_DEVICE inline float pow(float x, float y) {
 }
 
 // x**y for x in [0, 1], y >= 0, for results stored in fp16 / bf16: 2**(y lg2 x) in one piece. lg2's 2 ulp on a
-// log2 x down to -126 moves the result by 2e-5 relative at most (25 times under fp16's rounding); results below
-// float's normal range flush to 0 (ex2.approx.ftz). 0**0 = 1; NaN and x < 0 give NaN (lg2).
+// log2 x down to -126 moves the result by 2e-5 relative at most (25 times under fp16's rounding). Subnormal x flushes
+// to 0 (lg2.approx.ftz: no fix-up sequence), and so do results below float's normal range (ex2.approx.ftz): every
+// caller multiplies x**y by a term at least as small as x there (a modulating factor times its cross entropy), so
+// those results are below the normal range either way. x**0 = 1 (0**0 too); NaN gives NaN, as x < 0 does.
 C10_HOST_DEVICE inline float pow_compact(float x, float y) {
-  const float r = exp2(y * log2(x));  // x = 0: lg2 -inf, so 0 for y > 0
-  return y == 0.0f && x == 0.0f ? 1.0f : r;
+  const float r = exp2(y * log2_ftz(x));  // x = 0: -inf, so 0 for y > 0
+  return y == 0.0f && x == x ? 1.0f : r;
 }
 
 }  // namespace focal::approx

@@ -16,14 +16,17 @@ namespace {
 
 // ---- kernels ------------------------------------------------------------------------------------------------
 
-// Blocks per SM the warp kernel asks ptxas to fit (0: ptxas's own choice, best for plain rows: 46-80 registers,
-// where the 72-97 of 4-8 vectors a lane pay for the vectors in flight). Left to itself ptxas caps some kernels
-// below their live values and spills a few: double (its exp / log sequences need many temporaries) and smoothed
-// rows of 16 values or more get 2 blocks (up to 128 registers), smaller smoothed rows 4 (64).
+// Blocks per SM the warp kernel asks ptxas to fit (0: ptxas's own choice, best for plain float rows: 46-80
+// registers, where the 72-97 of 4-8 vectors a lane pay for the vectors in flight). Left to itself ptxas caps some
+// kernels below their live values and spills a few: double (its exp / log sequences need many temporaries) and
+// smoothed rows of 16 values or more get 2 blocks (up to 128 registers), smaller smoothed rows 4 (64). Plain fp16 /
+// bf16 rows (up to 5 vectors a lane) get 3 (80 registers): left alone, ptxas takes 123 for the branch-free 16-bit
+// math and 2 blocks.
 template <typename scalar_t, bool kSmooth, int kSlots>
 constexpr int warp_kernel_min_blocks() {
   if (sizeof(scalar_t) == 8 || (kSmooth && kSlots * vector_width<scalar_t>() >= 16)) return 2;
-  return kSmooth ? 4 : 0;
+  if (kSmooth) return 4;
+  return sizeof(scalar_t) == 2 ? 3 : 0;
 }
 
 // Rows of (rows, C); each warp takes 32 / lanes_per_row rows at a time, kSlots vectors per lane.
