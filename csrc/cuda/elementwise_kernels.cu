@@ -347,9 +347,11 @@ using CursorFor =
     RowCursor<std::conditional_t<L == Layout::kIndexAligned && sizeof(scalar_t) < 8, int32_t, int64_t>>;
 
 // Vectors each thread loads before computing on any: more 16-byte loads in flight per thread. One for the
-// general layout, whose per-element reads already hold more registers.
-template <Layout L>
-constexpr int kVectorsPerThread = L == Layout::kGeneral ? 1 : 2;
+// general layout, whose per-element reads already hold more registers, and for double rows of class-index targets
+// (two would push some of them to a stack frame).
+template <Layout L, typename scalar_t>
+constexpr int kVectorsPerThread =
+    L == Layout::kGeneral || (L != Layout::kDense && std::is_same_v<scalar_t, double>) ? 1 : 2;
 
 // Element (row, col) of the (rows, C) input. Class-index targets make element (row, col) positive (with the
 // row's score, or 1) iff col == target[row]; a row's target, score and weight are read once per access,
@@ -360,7 +362,7 @@ __global__ void __launch_bounds__(kThreads)
                                scalar_t* __restrict__ grad, Point point, ReductionBuffers reduce) {
   using op_t = opmath_t<scalar_t>;
   constexpr int V = vector_width<scalar_t>();
-  constexpr int U = kVectorsPerThread<L>;
+  constexpr int U = kVectorsPerThread<L, scalar_t>;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   op_t acc(0);
@@ -415,8 +417,8 @@ void launch_with_point(const ElementwiseInputs<scalar_t>& in, scalar_t* loss, sc
                        const ReductionBuffers& reduce, int device, cudaStream_t stream) {
   constexpr int V = vector_width<scalar_t>();
   const auto kernel = &elementwise_forward_kernel<scalar_t, Point, L>;
-  const int grid = grid_for(in.vectorized ? ceil_div(in.n, V * kVectorsPerThread<L>) : in.n, kThreads, device, kernel,
-                            kThreads);
+  const int grid = grid_for(in.vectorized ? ceil_div(in.n, V * kVectorsPerThread<L, scalar_t>) : in.n, kThreads,
+                            device, kernel, kThreads);
   FOCAL_LAUNCH(grid, kThreads, 0, stream, elementwise_forward_kernel<scalar_t, Point, L>)(in, loss, grad, point,
                                                                                           reduce);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
