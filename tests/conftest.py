@@ -145,3 +145,22 @@ else:
     settings.register_profile("mutation", parent=settings.get_profile("ci"),
                               phases=[Phase.explicit, Phase.reuse, Phase.generate])
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# The emulated device approx-math error: hashed per input, or all up / all down (correlated, for reductions).
+APPROX_MODES = ["hashed", "up", "down"]
+
+
+@pytest.fixture(params=[(b, m) for b in backends for m in APPROX_MODES if b == "emulated_cuda" or m == "hashed"],
+                ids=lambda p: p[0] if p[0] == "cpu" else f"{p[0]}-{p[1]}")
+def kernels(request):
+    """The backend the test's focal_cuda calls run on, with the emulated approx-math error mode."""
+    backend, mode = request.param
+    if backend == "cpu":
+        yield backend
+        return
+    from focal_cuda import testing
+    if not testing.emulation_available():
+        pytest.skip("focal_cuda was built without FOCAL_CUDA_EMULATE=1")
+    with testing.emulated_cuda(), testing.approx_math_error(mode):
+        yield f"{backend}-{mode}"

@@ -17,27 +17,10 @@ import torch.nn.functional as F
 import focal_cuda
 from focal_cuda import reference
 
-from conftest import backends
 
 # Relative error allowed per element, and the smallest magnitude at which it applies (the dtype's normal range).
 RELATIVE = {torch.float32: 1e-5, torch.float64: 1e-12}
 SMALLEST_NORMAL = {torch.float32: torch.finfo(torch.float32).tiny, torch.float64: torch.finfo(torch.float64).tiny}
-APPROX_MODES = ["hashed", "up", "down"]
-
-
-@pytest.fixture(params=[(b, m) for b in backends for m in APPROX_MODES if b == "emulated_cuda" or m == "hashed"],
-                ids=lambda p: p[0] if p[0] == "cpu" else f"{p[0]}-{p[1]}")
-def kernels(request):
-    """The backend the test's focal_cuda calls run on, with the emulated approx-math error mode."""
-    backend, mode = request.param
-    if backend == "cpu":
-        yield backend
-        return
-    from focal_cuda import testing
-    if not testing.emulation_available():
-        pytest.skip("focal_cuda was built without FOCAL_CUDA_EMULATE=1")
-    with testing.emulated_cuda(), testing.approx_math_error(mode):
-        yield f"{backend}-{mode}"
 
 
 def assert_relative(actual, expected, dtype, what):

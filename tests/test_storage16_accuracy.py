@@ -13,25 +13,11 @@ import torch
 import focal_cuda
 from focal_cuda import reference
 
-from conftest import backends
+from test_edge_accuracy import loss_and_grad
+
 
 DTYPES = [torch.bfloat16, torch.float16]
 SIGNIFICANT_BITS = {torch.bfloat16: 8, torch.float16: 11}
-APPROX_MODES = ["hashed", "up", "down"]
-
-
-@pytest.fixture(params=[(b, m) for b in backends for m in APPROX_MODES if b == "emulated_cuda" or m == "hashed"],
-                ids=lambda p: p[0] if p[0] == "cpu" else f"{p[0]}-{p[1]}")
-def kernels(request):
-    backend, mode = request.param
-    if backend == "cpu":
-        yield backend
-        return
-    from focal_cuda import testing
-    if not testing.emulation_available():
-        pytest.skip("focal_cuda was built without FOCAL_CUDA_EMULATE=1")
-    with testing.emulated_cuda(), testing.approx_math_error(mode):
-        yield f"{backend}-{mode}"
 
 
 def assert_within_one_ulp(actual, expected, dtype, what):
@@ -52,13 +38,6 @@ def assert_within_one_ulp(actual, expected, dtype, what):
         raise AssertionError(f"{what} ({dtype}): {int(bad.sum())} of {int(normal.sum())} elements off by more than "
                              f"one ulp; worst {(error / ulp)[normal][worst].item():.2f} ulp: "
                              f"{actual[finite][normal][worst].item()!r} vs {expected[finite][normal][worst].item()!r}")
-
-
-def loss_and_grad(function, input, *args, **kwargs):
-    leaf = input.detach().clone().requires_grad_(True)
-    loss = function(leaf, *args, reduction="none", **kwargs)
-    (grad,) = torch.autograd.grad(loss, leaf, torch.ones_like(loss))
-    return loss.detach(), grad
 
 
 def check(function, reference_function, input, target, dtype, **kwargs):
