@@ -127,14 +127,23 @@ C10_HOST_DEVICE inline float log1p_unit(float e) {
   return series * e;
 }
 // The same for results stored in fp16 / bf16, from small = e / (1 + e) (the sigmoid the caller already has):
-// small R(e) with R a degree-4 fit of (1 + e) log1p(e) / e, whose singularity at e = -1 is weaker than log1p(e) / e's,
-// so one degree less reaches 1.1e-5 relative (the product adds small's 2 ulp): 40 times under fp16's rounding.
-C10_HOST_DEVICE inline float log1p_unit_compact(float e, float small) {
-  constexpr float coefficients[5] = {FOCAL_LOG1P_UNIT_COMPACT_COEFFICIENTS};
+// small R(e) with R a fit of (1 + e) log1p(e) / e, whose singularity at e = -1 is weaker than log1p(e) / e's, so a
+// lower degree does: degree 4 reaches 1.1e-5 relative for fp16 (the product adds small's 2 ulp; 40 times under fp16's
+// rounding), degree 3 9.4e-5 for bf16 (20 times under bf16's).
+template <int N>
+C10_HOST_DEVICE inline float small_times_series(float e, float small, const float (&coefficients)[N]) {
   float series = coefficients[0];
 #pragma unroll
-  for (int i = 1; i < 5; ++i) series = fma(series, e, coefficients[i]);
+  for (int i = 1; i < N; ++i) series = fma(series, e, coefficients[i]);
   return series * small;
+}
+C10_HOST_DEVICE inline float log1p_unit_compact(float e, float small) {
+  constexpr float coefficients[5] = {FOCAL_LOG1P_UNIT_COMPACT_COEFFICIENTS};
+  return small_times_series(e, small, coefficients);
+}
+C10_HOST_DEVICE inline float log1p_unit_bf16(float e, float small) {
+  constexpr float coefficients[4] = {FOCAL_LOG1P_UNIT_BF16_COEFFICIENTS};
+  return small_times_series(e, small, coefficients);
 }
 // log1p(x) for x in [-1, 0], for results stored in fp16 / bf16: a 4-term series above -1/16 (1.3e-6 relative), else
 // lg2 of 1 + x (>= 15/16 away from 0: its rounding and lg2's error are 2e-6 of |log| >= 0.06 at most; ftz: 1 + x is
@@ -175,20 +184,23 @@ C10_HOST_DEVICE inline void log_and_log1m(float p, float& log_p, float& log_q) {
   log_p = upper && use_series ? near : log2(p) * kLn2;
   log_q = !upper && use_series ? near : log2(1.0f - p) * kLn2;
 }
-// The same for results stored in fp16 / bf16: a 4-term series (1.3e-6 relative below 1/16) and lg2.approx.ftz of p
-// scaled by 2**32 (p >= 2**-149 stays normal, so the compiler adds no subnormal fix-up): 2 ulp of |log2| <= 117,
-// 1.4e-5 absolute, at most 2e-5 of |log p| >= log 2 there. Sets `invalid` for p outside [0, 1] (NaN passes).
+// log p and log(1 - p) for p in [0, 1], each clamped below at -100 (BCELoss), for results stored in fp16 / bf16.
+// m = min(p, 1 - p) is exact (p below 1/2, 1 - p above): the larger of the two logs is log1p(-m), a degree-5 fit of
+// log1p(-m) / -m on [0, 1/2] (6.6e-6 relative), the smaller log m, lg2.approx.ftz of m scaled by 2**32 (m >= 2**-149
+// stays normal: no subnormal fix-up; 2 ulp of |log2| <= 117 is 1.4e-5 absolute, 2e-5 of |log m| >= log 2). Only the
+// smaller reaches -inf (m = 0), so only it is clamped. Sets `invalid` for p outside [0, 1] (m < 0; NaN passes).
 C10_HOST_DEVICE inline void log_and_log1m_compact(float p, float& log_p, float& log_q, bool& invalid) {
+  const float m = ::fminf(p, 1.0f - p);  // 1 - p rounds by 2**-25 at most below 1/2, where m = p
+  invalid = m < 0.0f;
+  constexpr float coefficients[6] = {0.84638005f, -0.31109393f, 0.40336272f, 0.31367114f, 0.50089544f, 0.9999935f};
+  float series = coefficients[0];
+#pragma unroll
+  for (int i = 1; i < 6; ++i) series = fma(series, m, coefficients[i]);
+  const float larger = -m * series;
+  const float smaller = max_nan(fma(log2_ftz(m * 0x1p32f), kLn2, -32.0f * kLn2), -100.0f);
   const bool upper = p > 0.5f;
-  const float q = 1.0f - p;  // exact for p >= 1/2; rounds by 2**-25 at most below
-  const float d = upper ? -q : -p;  // log p = log1p(d) above 1/2, log(1 - p) = log1p(d) below
-  invalid = d > 0.0f;
-  const float near = d * fma(d, fma(d, fma(d, -0.25f, 1.0f / 3.0f), -0.5f), 1.0f);
-  const bool use_series = d > -0.0625f;
-  const float far_p = fma(log2_ftz(p * 0x1p32f), kLn2, -32.0f * kLn2);
-  const float far_q = log2_ftz(q) * kLn2;  // q >= 2**-24 or 0 here: never subnormal
-  log_p = upper && use_series ? near : far_p;
-  log_q = !upper && use_series ? near : far_q;
+  log_p = upper ? larger : smaller;
+  log_q = upper ? smaller : larger;
 }
 // log1p(x), x > -1: a 5-term series below |x| = 1/16 (2e-7 relative), else log(1 + x) corrected for the
 // rounding of 1 + x.

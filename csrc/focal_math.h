@@ -81,54 +81,45 @@ C10_HOST_DEVICE inline T fm_div(T a, T b) {
   return a / b;
 }
 
-// How many digits a result needs. kFull: float32 / float64 storage (1e-5 relative per element in float32, docs/design.md
-// §2). kStorage16: the device's float math for fp16 / bf16 storage, whose results round to 11 / 8 significant bits:
-// the series and powers below drop to about 2e-5 relative (25 times under fp16's rounding, 100 under bf16's) for
-// fewer instructions. The CPU build computes every dtype at kFull.
-enum class Precision : int { kFull = 0, kStorage16 = 1 };
+// How many digits a result needs. kFull: float32 / float64 storage (1e-5 relative per element in float32,
+// docs/design.md §2). kStorage16: the device's float math for fp16 storage (results round to 11 significant bits):
+// the series and powers below drop to about 2e-5 relative (25 times under fp16's rounding) for fewer instructions.
+// kStorageBF16: bf16 storage (8 significant bits): kStorage16's forms, and a shorter log1p series (1e-4 relative,
+// 20 times under bf16's rounding). The CPU build computes every dtype at kFull.
+enum class Precision : int { kFull = 0, kStorage16 = 1, kStorageBF16 = 2 };
+
+// f<P>(args): the compact device form approx::compact for float results stored in 16 bits, else the full one.
+#if defined(FOCAL_DEVICE_APPROX_MATH)
+#define FOCAL_AT_PRECISION(name, full, compact, params, args)                                \
+  template <Precision P, typename T>                                                         \
+  C10_HOST_DEVICE inline T name params {                                                     \
+    if constexpr (P != Precision::kFull && std::is_same_v<T, float>) return approx::compact args; \
+    return full args;                                                                        \
+  }
+#else
+#define FOCAL_AT_PRECISION(name, full, compact, params, args) \
+  template <Precision P, typename T>                          \
+  C10_HOST_DEVICE inline T name params {                      \
+    return full args;                                         \
+  }
+#endif
+// log1p(x) for x >= 0 (a log-sum-exp's excess over its max term).
+FOCAL_AT_PRECISION(fm_log1p_nonnegative_at, fm_log1p, log1p_nonnegative_compact, (T x), (x))
+// expm1(x) for x <= 0 (p - 1 from log p).
+FOCAL_AT_PRECISION(fm_expm1_nonpositive_at, fm_expm1, expm1_nonpositive_compact, (T x), (x))
+// log1p(x) for x in [-1, 0] (a log of 1 minus a probability).
+FOCAL_AT_PRECISION(fm_log1p_nonpositive_at, fm_log1p, log1p_nonpositive_compact, (T x), (x))
+FOCAL_AT_PRECISION(fm_pow_at, fm_pow, pow_compact, (T x, T y), (x, y))
+#undef FOCAL_AT_PRECISION
 
 // log1p(e) for e in [0, 1], given small = e / (1 + e) (the sigmoid(-|x|) the caller already has).
 template <Precision P, typename T>
 C10_HOST_DEVICE inline T fm_log1p_unit_at(T e, T small) {
 #if defined(FOCAL_DEVICE_APPROX_MATH)
+  if constexpr (P == Precision::kStorageBF16 && std::is_same_v<T, float>) return approx::log1p_unit_bf16(e, small);
   if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::log1p_unit_compact(e, small);
 #endif
   return fm_log1p_unit(e);
-}
-
-// log1p(x) for x >= 0 (a log-sum-exp's excess over its max term).
-template <Precision P, typename T>
-C10_HOST_DEVICE inline T fm_log1p_nonnegative_at(T x) {
-#if defined(FOCAL_DEVICE_APPROX_MATH)
-  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::log1p_nonnegative_compact(x);
-#endif
-  return fm_log1p(x);
-}
-
-// expm1(x) for x <= 0 (p - 1 from log p).
-template <Precision P, typename T>
-C10_HOST_DEVICE inline T fm_expm1_nonpositive_at(T x) {
-#if defined(FOCAL_DEVICE_APPROX_MATH)
-  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::expm1_nonpositive_compact(x);
-#endif
-  return fm_expm1(x);
-}
-
-// log1p(x) for x in [-1, 0] (a log of 1 minus a probability).
-template <Precision P, typename T>
-C10_HOST_DEVICE inline T fm_log1p_nonpositive_at(T x) {
-#if defined(FOCAL_DEVICE_APPROX_MATH)
-  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::log1p_nonpositive_compact(x);
-#endif
-  return fm_log1p(x);
-}
-
-template <Precision P, typename T>
-C10_HOST_DEVICE inline T fm_pow_at(T x, T y) {
-#if defined(FOCAL_DEVICE_APPROX_MATH)
-  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::pow_compact(x, y);
-#endif
-  return fm_pow(x, y);
 }
 
 // log p and log(1 - p) of a probability (the device's float build folds their two series into one).
@@ -138,11 +129,12 @@ C10_HOST_DEVICE inline void fm_log_and_log1m(T p, T& log_p, T& log_q) {
   log_q = fm_log1p(T(0) - p);  // log(1 - p) would round 1 - p for tiny p
 }
 
-// fm_log_and_log1m at precision P; `invalid`: p outside [0, 1] (NaN is not).
+// fm_log_and_log1m at precision P, each log clamped below at -100 as torch.nn.BCELoss does (so p = 0 or 1 stays
+// finite); `invalid`: p outside [0, 1] (NaN is not).
 template <Precision P, typename T>
-C10_HOST_DEVICE inline void fm_log_and_log1m_at(T p, T& log_p, T& log_q, bool& invalid) {
+C10_HOST_DEVICE inline void fm_clamped_logs_at(T p, T& log_p, T& log_q, bool& invalid) {
 #if defined(FOCAL_DEVICE_APPROX_MATH)
-  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) {
+  if constexpr (P != Precision::kFull && std::is_same_v<T, float>) {
     approx::log_and_log1m_compact(p, log_p, log_q, invalid);
     return;
   }
@@ -153,6 +145,8 @@ C10_HOST_DEVICE inline void fm_log_and_log1m_at(T p, T& log_p, T& log_q, bool& i
     invalid = false;  // SIMD vectors: the CPU kernels check their input before
   }
   fm_log_and_log1m(p, log_p, log_q);
+  log_p = fm_max(log_p, T(-100));
+  log_q = fm_max(log_q, T(-100));
 }
 
 // ---- modulating factor u**gamma and its derivative -----------------------------------------------------
@@ -303,20 +297,25 @@ C10_HOST_DEVICE inline void sigmoid_focal_hard_point(T x, bool flip, T a_signed,
 template <int G, Precision P = Precision::kFull, typename T>
 C10_HOST_DEVICE inline void binary_focal_point(T p, T t, AlphaWeight<T> alpha, T gamma, T& loss, T& grad,
                                                bool& invalid) {
-  const T one(1), log_floor(-100), eps(1e-12);
+  const T one(1), eps(1e-12);
   const T q = one - p;
   T logp, logq;
-  fm_log_and_log1m_at<P>(p, logp, logq, invalid);
-  logp = fm_max(logp, log_floor);
-  logq = fm_max(logq, log_floor);
+  fm_clamped_logs_at<P>(p, logp, logq, invalid);
   const T ce = -(t * logp + (one - t) * logq);
   const T u = t * q + (one - t) * p;  // not p + t (q - p): that cancels to nothing for t = 1, p near 1
-  const T m = modulating_factor<G, P>(u, gamma);
   const T a = alpha.at(t);
-  loss = a * m * ce;
   const T dce = (p - t) * fm_reciprocal(fm_max(p * q, eps));
-  // ce / u is bounded as u -> 0 for hard targets (ce ~ u there).
-  grad = a * (m * dce + (one - t - t) * modulating_derivative<G>(u, m, gamma, ce));
+  if constexpr (G == 2) {
+    // m = u**2 and its derivative's 2 u ce share a factor u: a u (u dce + 2 (1 - 2t) ce)
+    const T au = a * u;
+    loss = au * u * ce;
+    grad = au * fm_fma(u, dce, (T(2) - T(4) * t) * ce);
+  } else {
+    const T m = modulating_factor<G, P>(u, gamma);
+    loss = a * m * ce;
+    // ce / u is bounded as u -> 0 for hard targets (ce ~ u there).
+    grad = a * (m * dce + (one - t - t) * modulating_derivative<G>(u, m, gamma, ce));
+  }
 }
 
 // ---- the focal family on logits (docs/design.md §5) -------------------------------------------------------------

@@ -17,4 +17,8 @@ inline constexpr float kLog1pUnitCoefficients[9] = {FOCAL_LOG1P_UNIT_COEFFICIENT
 #define FOCAL_LOG1P_UNIT_COMPACT_COEFFICIENTS                                                                  \
   -0.01438358798623085f, 0.06177113950252533f, -0.16046541929244995f, 0.4993461072444916f, 1.0000109672546387f
 
+// For results stored in bf16 (8 significant bits): the same R to degree 3 (minimax in relative error), within 9.4e-5
+// relative over [1e-38, 1] in float: 20 times under bf16's rounding.
+#define FOCAL_LOG1P_UNIT_BF16_COEFFICIENTS 0.034002658f, -0.14397086f, 0.4962988f, 1.0000938f
+
 }  // namespace focal

@@ -52,8 +52,12 @@ _ELEMENTWISE = r"elementwise_forward_kernel<{}, {}, \(focal::cuda::Layout\){}>"
 CASES = [
     ("sigmoid dense bf16 g2", _ELEMENTWISE.format("c10::BFloat16", r"SigmoidPoint<2, false, float>", 0),
      16, "innermost", 6, 46),
-    ("sigmoid index bf16 g2", _ELEMENTWISE.format("c10::BFloat16", r"SigmoidPoint<2, false, float>", 3),
+    # C = 80: rows of whole pairs of vectors (Layout::kIndexGrouped, two adjacent vectors per access)
+    ("sigmoid index bf16 g2", _ELEMENTWISE.format("c10::BFloat16", r"SigmoidPoint<2, false, float>", 4),
      16, "innermost", 4, 30),
+    # C % 16 == 8: rows of whole vectors (Layout::kIndexAligned, one vector per access); not in the table
+    ("sigmoid index bf16 g2, C % 16 == 8", _ELEMENTWISE.format("c10::BFloat16", r"SigmoidPoint<2, false, float>", 3),
+     16, "innermost", 4, None),
     ("sigmoid index bf16 g2, C % 8 != 0", _ELEMENTWISE.format("c10::BFloat16", r"SigmoidPoint<2, false, float>", 2),
      16, "innermost", 4, 36),
     ("sigmoid dense fp32 g2", _ELEMENTWISE.format("float", r"SigmoidPoint<2, false, float>", 0),
@@ -62,7 +66,7 @@ CASES = [
      16, "innermost", 6, None),
     ("binary dense bf16 g2", _ELEMENTWISE.format("c10::BFloat16", r"BinaryPoint<2, float>", 0),
      16, "innermost", 6, 46),
-    ("varifocal index bf16 g2", _ELEMENTWISE.format("c10::BFloat16", r"VarifocalPoint<2, float>", 3),
+    ("varifocal index bf16 g2", _ELEMENTWISE.format("c10::BFloat16", r"VarifocalPoint<2, float>", 4),
      16, "innermost", 4, 30),
     ("quality focal dense bf16 b2", _ELEMENTWISE.format("c10::BFloat16", r"QualityFocalPoint<2, float>", 0),
      16, "innermost", 6, 46),

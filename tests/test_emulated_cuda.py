@@ -106,6 +106,35 @@ def test_sigmoid_index_vectors_cross_rows(C, dtype):
     check_emulated(focal_cuda.sigmoid_focal_loss, reference.sigmoid_focal_loss, x, t, reduction="mean")
 
 
+# Rows of whole 32-byte groups (C % 16 == 0 in fp16 / bf16, C % 8 in float32) take two adjacent vectors of one row per
+# access; C = 24 is whole vectors but half groups in fp16 / bf16 (the two-row layout). ignore_index = 2 is a class
+# the aligned layout's one-compare `positive` test also matches: the row must stay 0 and uncounted.
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+@pytest.mark.parametrize("sm_count", [1, 3])
+@pytest.mark.parametrize("C", [16, 24, 32, 80])
+@pytest.mark.parametrize("dtype", floating_dtypes)
+def test_sigmoid_index_row_groups(C, dtype, sm_count, ignore_index):
+    rows = 41
+    x = logits((rows, C), dtype)
+    t = torch.randint(0, C + 1, (rows,))
+    t[::4] = ignore_index
+    t[1] = 0
+    t[3] = C - 1  # the last column of a row: the second vector of a group
+    loss, grad = check_emulated(focal_cuda.sigmoid_focal_loss, reference.sigmoid_focal_loss, x, t,
+                                sm_count=sm_count, reduction="none", ignore_index=ignore_index)
+    assert (loss[::4] == 0).all() and (grad[::4] == 0).all()
+    # ignored rows are 0 and 0 whatever their logits hold, and leave every other row as it was
+    x[::4, 1] = float("nan")
+    x[::4, -1] = float("inf")
+    grad_output = torch.ones_like(x)
+    garbage_loss, garbage_grad = run_emulated(focal_cuda.sigmoid_focal_loss, x, t, grad_output, sm_count=sm_count,
+                                              reverse=False, reduction="none", ignore_index=ignore_index)
+    assert torch.equal(garbage_loss, loss)
+    _, clean_grad = run_emulated(focal_cuda.sigmoid_focal_loss, x.nan_to_num(0.0, 0.0), t, grad_output,
+                                 sm_count=sm_count, reverse=False, reduction="none", ignore_index=ignore_index)
+    assert torch.equal(garbage_grad, clean_grad)
+
+
 @pytest.mark.parametrize("reduction", reductions)
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("alpha", [None, 0.25])

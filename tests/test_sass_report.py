@@ -154,6 +154,18 @@ def test_backward_cases_match_the_kernel_before_and_after_the_layout_parameter(n
     assert [c[0] for c in budget.CASES if re.search(c[1], name)] == ([case] if case else [])
 
 
+@pytest.mark.parametrize("layout, case", [
+    (4, "sigmoid index bf16 g2"),  # Layout::kIndexGrouped: C = 80, two adjacent vectors per access
+    (3, "sigmoid index bf16 g2, C % 16 == 8"),  # Layout::kIndexAligned
+    (2, "sigmoid index bf16 g2, C % 8 != 0"),  # Layout::kIndex
+])
+def test_class_index_cases_match_their_layout(layout, case):
+    import re
+    name = ("void elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, "
+            f"(focal::cuda::Layout){layout}>(long)")
+    assert [c[0] for c in budget.CASES if re.search(c[1], name)] == [case]
+
+
 def test_check_warns_on_a_missing_new_case_and_fails_on_a_missing_baseline_case():
     rows = [{"case": "old", "missing": True}, {"case": "new", "missing": True}]
     warnings = []
@@ -163,7 +175,7 @@ def test_check_warns_on_a_missing_new_case_and_fails_on_a_missing_baseline_case(
 
 # ---- the command line on a saved JSON ----------------------------------------------------------------------
 
-INDEX = "void elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, (focal::cuda::Layout)3>(long)"
+INDEX = "void elementwise_forward_kernel<c10::BFloat16, SigmoidPoint<2, false, float>, (focal::cuda::Layout)4>(long)"
 
 
 def run_report(tmp_path, kernels, *args, baseline=None):

@@ -13,7 +13,13 @@ enum class Layout : int {
   kGeneral = 1,  // either target, with per-class alpha or a class / element weight: read per element
   kIndex = 2,    // one class-index target per row, with a score and a weight per row at most
   kIndexAligned = 3,  // kIndex with rows of whole vectors (C a multiple of the vector width): one row per access
+  kIndexGrouped = 4,  // kIndexAligned with rows of whole pairs of vectors: two adjacent vectors of a row per access
 };
+
+// Whether every access lies in one row (the aligned class-index layouts).
+constexpr bool one_row_per_access(Layout L) {
+  return L == Layout::kIndexAligned || L == Layout::kIndexGrouped;
+}
 
 namespace {
 
@@ -159,12 +165,12 @@ __device__ __forceinline__ void apply_point(const Point& point, T x, T t, int64_
 
 // Whether a row with class-index target `tgt` counts: not ignored, and 0 <= tgt <= C (C: background).
 __device__ __forceinline__ bool sigmoid_row_counted(int64_t tgt, int64_t C, int64_t ignore_index) {
-  if (tgt == ignore_index) return false;
-  // 0 <= tgt <= C as one unsigned compare. Traps and kills the CUDA context, as F.cross_entropy does for a bad
-  // class index.
-  CUDA_KERNEL_ASSERT(static_cast<uint64_t>(tgt) <= static_cast<uint64_t>(C) &&
+  const bool counted = tgt != ignore_index;
+  // 0 <= tgt <= C as one unsigned compare; `|`, not `||`: no branch before the assert's own. Traps and kills the
+  // CUDA context, as F.cross_entropy does for a bad class index.
+  CUDA_KERNEL_ASSERT((!counted | (static_cast<uint64_t>(tgt) <= static_cast<uint64_t>(C))) &&
                      "target: class index out of range [0, C] and not ignore_index");
-  return true;
+  return counted;
 }
 
 // The inputs of one elementwise launch (ElementwiseParams, typed).
@@ -230,18 +236,22 @@ struct RowTerms {
 
 // Element k of an access that starts at column `first_col` of row `row` (first_col may be negative: the
 // access began in the previous row).
-template <typename scalar_t, typename Col>
+template <Layout L, typename scalar_t, typename Col>
 __device__ __forceinline__ RowTerms<opmath_t<scalar_t>> row_terms(const ElementwiseInputs<scalar_t>& in, int64_t row,
                                                                   Col first_col, int width) {
   using op_t = opmath_t<scalar_t>;
   RowTerms<op_t> r;
-  if (in.index_target != nullptr) {
+  if (L == Layout::kIndex || one_row_per_access(L) || in.index_target != nullptr) {
     const int64_t tgt = in.index_target[row];
     r.counted = sigmoid_row_counted(tgt, in.C, in.ignore_index);
     // 0 <= at < width in one unsigned compare (in Col: a counted tgt is in [0, C])
     using UCol = std::make_unsigned_t<Col>;
     const UCol at = static_cast<UCol>(static_cast<UCol>(tgt) - static_cast<UCol>(first_col));  // wraps, no overflow
-    r.positive = r.counted && tgt < in.C && at < static_cast<UCol>(width) ? static_cast<int>(at) : -1;
+    const bool within = at < static_cast<UCol>(width);
+    // An aligned access lies in its row and ends at column C at the latest, so `within` excludes the background
+    // tgt = C; an ignored row's positive is harmless there (weight 0, logits 0). Otherwise the access may end in
+    // the next row, which a background or ignored tgt must not mark.
+    r.positive = (one_row_per_access(L) ? within : r.counted && tgt < in.C && within) ? static_cast<int>(at) : -1;
     if (in.score != nullptr) r.q = static_cast<op_t>(in.score[row]);
   }
   if (in.weight_mode == WeightMode::kRow) r.weight = in.weight[row];
@@ -275,12 +285,12 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
     const bool index = L != Layout::kGeneral || in.index_target != nullptr;
     // Elements k >= split lie in the next row.
     const int split =
-        W == 1 || L == Layout::kIndexAligned || cur.col + W <= in.C ? W : static_cast<int>(in.C - cur.col);
-    const RowTerms<op_t> first = row_terms(in, cur.row, cur.col, W);
-    const RowTerms<op_t> second = split < W ? row_terms(in, cur.row + 1, cur.col - cur.C, W) : RowTerms<op_t>{};
+        W == 1 || one_row_per_access(L) || cur.col + W <= in.C ? W : static_cast<int>(in.C - cur.col);
+    const RowTerms<op_t> first = row_terms<L>(in, cur.row, cur.col, W);
+    const RowTerms<op_t> second = split < W ? row_terms<L>(in, cur.row + 1, cur.col - cur.C, W) : RowTerms<op_t>{};
     if (index) counted_elements = (first.counted ? split : 0) + (second.counted ? W - split : 0);
     // One row per access: an ignored one reaches the math as x = 0 (weight 0), whatever its logits hold.
-    to_opmath<W>(xs, x, L != Layout::kIndexAligned || first.counted);
+    to_opmath<W>(xs, x, !one_row_per_access(L) || first.counted);
     if constexpr (L == Layout::kGeneral) {
       op_t t[W];
       if (!index) to_opmath<W>(ts, t);
@@ -325,7 +335,7 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
 #pragma unroll
       for (int k = 0; k < W; ++k) {
         const bool next_row = k >= split;
-        const bool counted = L == Layout::kIndexAligned || (next_row ? second.counted : first.counted);
+        const bool counted = one_row_per_access(L) || (next_row ? second.counted : first.counted);
         point.template indexed<P>(counted ? x[k] : op_t(0),  // as above: ignored rows stay finite
                                   k == first.positive || k == second.positive,
                                   Point::Row::pick(next_row, first_row, second_row), l[k], g[k]);
@@ -344,7 +354,7 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
 // except in double, whose kernels it would push to a stack frame.
 template <Layout L, typename scalar_t>
 using CursorFor =
-    RowCursor<std::conditional_t<L == Layout::kIndexAligned && sizeof(scalar_t) < 8, int32_t, int64_t>>;
+    RowCursor<std::conditional_t<one_row_per_access(L) && sizeof(scalar_t) < 8, int32_t, int64_t>>;
 
 // Vectors each thread loads before computing on any: more 16-byte loads in flight per thread. One for the
 // general layout, whose per-element reads already hold more registers, and for double rows of class-index targets
@@ -352,6 +362,12 @@ using CursorFor =
 template <Layout L, typename scalar_t>
 constexpr int kVectorsPerThread =
     L == Layout::kGeneral || (L != Layout::kDense && std::is_same_v<scalar_t, double>) ? 1 : 2;
+
+// Of those, how many are adjacent and make one access: the grouped class-index layout takes a thread's vectors from
+// one row, so that the row's target, weight and checks are read once per group. The other layouts stride their
+// vectors a grid apart.
+template <Layout L, typename scalar_t>
+constexpr int kAdjacentVectors = L == Layout::kIndexGrouped ? kVectorsPerThread<L, scalar_t> : 1;
 
 // Element (row, col) of the (rows, C) input. Class-index targets make element (row, col) positive (with the
 // row's score, or 1) iff col == target[row]; a row's target, score and weight are read once per access,
@@ -361,8 +377,10 @@ __global__ void __launch_bounds__(kThreads)
     elementwise_forward_kernel(ElementwiseInputs<scalar_t> in, scalar_t* __restrict__ loss,
                                scalar_t* __restrict__ grad, Point point, ReductionBuffers reduce) {
   using op_t = opmath_t<scalar_t>;
-  constexpr int V = vector_width<scalar_t>();
-  constexpr int U = kVectorsPerThread<L, scalar_t>;
+  constexpr int A = kAdjacentVectors<L, scalar_t>;
+  constexpr int U = kVectorsPerThread<L, scalar_t> / A;  // accesses per thread and iteration
+  constexpr int GW = A * vector_width<scalar_t>();       // elements per access
+  using Group = VectorGroup<A, scalar_t>;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   op_t acc(0);
@@ -372,31 +390,31 @@ __global__ void __launch_bounds__(kThreads)
 
   int64_t tail_begin = 0;
   if (in.vectorized) {
-    const int64_t n_vec = in.n / V;
-    CursorFor<L, scalar_t> cur(L == Layout::kDense ? 0 : tid * V, stride * V, in.C);
-    for (int64_t v0 = tid; v0 < n_vec; v0 += U * stride) {
-      Vector<scalar_t> xv[U], tv[U];
+    const int64_t n_groups = in.n / GW;
+    CursorFor<L, scalar_t> cur(L == Layout::kDense ? 0 : tid * GW, stride * GW, in.C);
+    for (int64_t g0 = tid; g0 < n_groups; g0 += U * stride) {
+      Group xv[U], tv[U];
 #pragma unroll
       for (int j = 0; j < U; ++j) {
-        const int64_t v = v0 + j * stride;
-        if (v < n_vec) {
-          xv[j] = load_vector(in.x + v * V);
-          if (has_dense_target) tv[j] = load_vector(in.dense_target + v * V);
+        const int64_t g = g0 + j * stride;
+        if (g < n_groups) {
+          xv[j] = load_group<A>(in.x + g * GW);
+          if (has_dense_target) tv[j] = load_group<A>(in.dense_target + g * GW);
         }
       }
 #pragma unroll
       for (int j = 0; j < U; ++j) {
-        const int64_t v = v0 + j * stride;
-        if (v < n_vec) {
-          Vector<scalar_t> lv, gv;
-          count += elements_forward<L, V>(in, point, v * V, cur, xv[j].val, tv[j].val, lv.val, gv.val, acc);
-          if (store_loss) store_vector(loss + v * V, lv);
-          if (store_grad) store_vector(grad + v * V, gv);
+        const int64_t g = g0 + j * stride;
+        if (g < n_groups) {
+          Group lv, gv;
+          count += elements_forward<L, GW>(in, point, g * GW, cur, xv[j].val, tv[j].val, lv.val, gv.val, acc);
+          if (store_loss) store_group<A>(loss + g * GW, lv);
+          if (store_grad) store_group<A>(grad + g * GW, gv);
         }
         if (L != Layout::kDense) cur.advance();
       }
     }
-    tail_begin = n_vec * V;
+    tail_begin = n_groups * GW;
   }
   if (tail_begin + tid < in.n) {
     CursorFor<L, scalar_t> cur(L == Layout::kDense ? 0 : tail_begin + tid, stride, in.C);
@@ -447,9 +465,14 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     const bool per_element_reads = p.class_alpha != nullptr || in.weight_mode == WeightMode::kClass ||
                                    in.weight_mode == WeightMode::kElement ||
                                    (p.loss_kind == ElementwiseLoss::kSigmoidFocal && p.constants.label_smoothing != 0);
+    constexpr int V = vector_width<scalar_t>();
+    // Two adjacent vectors per access where rows are whole pairs of them (not double: one vector per thread there).
+    constexpr int kGroupVectors = kAdjacentVectors<Layout::kIndexGrouped, scalar_t>;
     const Layout layout = per_element_reads                        ? Layout::kGeneral
-                          : p.index_target && in.C % vector_width<scalar_t>() == 0 &&
+                          : p.index_target && kGroupVectors > 1 && in.C % (kGroupVectors * V) == 0 &&
                                     in.C <= (int64_t{1} << 30)  // col + step < 2C fits the cursor's int32
+                              ? Layout::kIndexGrouped
+                          : p.index_target && in.C % V == 0 && in.C <= (int64_t{1} << 30)
                               ? Layout::kIndexAligned
                           : p.index_target                                   ? Layout::kIndex
                           : in.weight_mode == WeightMode::kNone              ? Layout::kDense
@@ -459,7 +482,7 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     // An access spans at most two rows (elements_forward) unless the layout has no rows.
     in.vectorized = is_vector_aligned(in.x) && is_vector_aligned(loss) && is_vector_aligned(grad) &&
                     is_vector_aligned(in.dense_target) &&
-                    (layout == Layout::kDense || in.C >= vector_width<scalar_t>());
+                    (layout == Layout::kDense || in.C >= V);
     ReductionBuffers reduce = p.reduce;
     // Dense targets count every element; class-index targets the elements of non-ignored rows.
     reduce.fixed_count = p.index_target ? -1 : p.numel;
@@ -470,7 +493,11 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
       } else if (layout == Layout::kGeneral) {
         launch_with_point<scalar_t, Layout::kGeneral>(in, loss, grad, point, reduce, device, stream);
       } else if constexpr (Point::kClassIndexTargets) {
-        if (layout == Layout::kIndexAligned) {
+        if (layout == Layout::kIndexGrouped) {
+          if constexpr (kGroupVectors > 1) {
+            launch_with_point<scalar_t, Layout::kIndexGrouped>(in, loss, grad, point, reduce, device, stream);
+          }
+        } else if (layout == Layout::kIndexAligned) {
           launch_with_point<scalar_t, Layout::kIndexAligned>(in, loss, grad, point, reduce, device, stream);
         } else {
           launch_with_point<scalar_t, Layout::kIndex>(in, loss, grad, point, reduce, device, stream);

@@ -60,7 +60,9 @@ constexpr int kWarpSize = 32;
 // The digits a result stored as scalar_t needs (focal_math.h): fp16 / bf16 round to 11 / 8 significant bits.
 template <typename scalar_t>
 constexpr Precision precision_of() {
-  return sizeof(scalar_t) == 2 ? Precision::kStorage16 : Precision::kFull;
+  return std::is_same_v<scalar_t, c10::BFloat16> ? Precision::kStorageBF16
+         : std::is_same_v<scalar_t, c10::Half>   ? Precision::kStorage16
+                                                 : Precision::kFull;
 }
 
 // Elements of scalar_t in one 128-bit access.
@@ -87,20 +89,48 @@ __device__ __forceinline__ void store_vector(scalar_t* p, const Vector<scalar_t>
   *reinterpret_cast<Vector<scalar_t>*>(p) = v;
 }
 
+// A consecutive 128-bit vectors as one group of A * vector_width elements (A 16-byte loads or stores).
+template <int A, typename scalar_t>
+using VectorGroup = AlignedVector<scalar_t, A * vector_width<scalar_t>()>;
+
+template <int A, typename scalar_t>
+__device__ __forceinline__ VectorGroup<A, scalar_t> load_group(const scalar_t* p) {
+  constexpr int V = vector_width<scalar_t>();
+  if constexpr (A == 1) {
+    return load_vector(p);
+  } else {
+    VectorGroup<A, scalar_t> g;
+#pragma unroll
+    for (int a = 0; a < A; ++a) store_vector(g.val + a * V, load_vector(p + a * V));
+    return g;
+  }
+}
+
+template <int A, typename scalar_t>
+__device__ __forceinline__ void store_group(scalar_t* p, const VectorGroup<A, scalar_t>& g) {
+  constexpr int V = vector_width<scalar_t>();
+  if constexpr (A == 1) {
+    store_vector(p, g);
+  } else {
+#pragma unroll
+    for (int a = 0; a < A; ++a) store_vector(p + a * V, load_vector(g.val + a * V));
+  }
+}
+
 // W elements to float (opmath) and back, two at a time for the 16-bit types on the device: a bf16 pair is one
-// 32-bit word (low: word << 16, high: word & 0xffff0000), and one F2FP packs two rounded floats (round to nearest
-// even, as the per-element conversion).
+// 32-bit word (low: word * 2**16, high: word & 0xffff0000; `keep` false zeroes both through the multiplier and the
+// mask, no select), and one F2FP packs two rounded floats (round to nearest even, as the per-element conversion).
 template <int W, typename scalar_t>
 __device__ __forceinline__ void to_opmath(const scalar_t* in, opmath_t<scalar_t>* out, bool keep = true) {
 #if defined(__CUDA_ARCH__)
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && W % 2 == 0) {
+    const uint32_t low_scale = keep ? 0x10000u : 0u, high_mask = keep ? 0xffff0000u : 0u;
 #pragma unroll
     for (int k = 0; k < W; k += 2) {
       uint32_t word;
       memcpy(&word, in + k, sizeof word);
-      word = keep ? word : 0u;
-      out[k] = __uint_as_float(word << 16);
-      out[k + 1] = __uint_as_float(word & 0xffff0000u);
+      out[k] = __uint_as_float(word * low_scale);
+      out[k + 1] = __uint_as_float(word & high_mask);
     }
     return;
   }
