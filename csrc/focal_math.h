@@ -304,15 +304,16 @@ C10_HOST_DEVICE inline void binary_focal_point(T p, T t, AlphaWeight<T> alpha, T
   const T ce = -(t * logp + (one - t) * logq);
   const T u = t * q + (one - t) * p;  // not p + t (q - p): that cancels to nothing for t = 1, p near 1
   const T a = alpha.at(t);
-  const T dce = (p - t) * fm_reciprocal(fm_max(p * q, eps));
   if constexpr (G == 2) {
     // m = u**2 and its derivative's 2 u ce share a factor u: a u (u dce + 2 (1 - 2t) ce)
     const T au = a * u;
     loss = au * u * ce;
+    const T dce = (p - t) * fm_reciprocal(fm_max(p * q, eps));
     grad = au * fm_fma(u, dce, (T(2) - T(4) * t) * ce);
   } else {
     const T m = modulating_factor<G, P>(u, gamma);
     loss = a * m * ce;
+    const T dce = (p - t) * fm_reciprocal(fm_max(p * q, eps));
     // ce / u is bounded as u -> 0 for hard targets (ce ~ u there).
     grad = a * (m * dce + (one - t - t) * modulating_derivative<G>(u, m, gamma, ce));
   }

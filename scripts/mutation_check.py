@@ -4,7 +4,8 @@
     python scripts/mutation_check.py [--work DIR] [--only NAME ...] [--files tests/test_x.py ...] [--list]
 
 For each mutation (file, exact old text, new text) the script edits a copy of the source tree (never the
-checkout it runs from), builds the extension CPU-only in place there (ninja rebuilds only what the edit
+checkout it runs from), builds the extension in place there, CPU-only with the emulated CUDA kernels
+(FOCAL_CUDA_EMULATE=1 unless set otherwise; ninja rebuilds only what the edit
 touches), runs every selected test file on its own with `-x` (the first failure is enough to count as caught)
 and restores the file. Exit status 0 only when every mutation is caught by at least --min-catchers (2) files
 and the unmutated tree passes every selected file.
@@ -55,8 +56,8 @@ MUTATIONS = [
              "return t * (T(1) - smoothing) + (T(1) - t) * smoothing;",
              "sigmoid label smoothing as t (1 - s) + (1 - t) s instead of t (1 - s) + s / 2"),
     Mutation("sigmoid-bce-cancelling-form", "csrc/focal_math.h",
-             "const T ce = fm_abs(x) * c + fm_log1p_unit(e);",
-             "const T ce = fm_max(x, T(0)) - t * x + fm_log1p_unit(e);",
+             "const T ce = fm_abs(x) * c + fm_log1p_unit_at<P>(e, small);",
+             "const T ce = fm_max(x, T(0)) - t * x + fm_log1p_unit_at<P>(e, small);",
              "BCE on logits as max(x, 0) - t x: cancels for soft t near 1 at large |x|"),
     Mutation("sigmoid-grad-sign-1-2t", "csrc/focal_math.h",
              "fm_fma(T(-2), c, one) * (kPoly",
@@ -67,8 +68,8 @@ MUTATIONS = [
              "grad = fm_select(x_nonneg, -one, one) * inner;",
              "alpha dropped from the sigmoid gradient (kept in the loss)"),
     Mutation("fractional-gamma-unguarded", "csrc/focal_math.h",
-             "return gamma * m * fm_select(u > zero, numer / u, zero);",
-             "return gamma * m * (numer / u);",
+             "return gamma * m * fm_select(u > zero, fm_div(numer, u), zero);",
+             "return gamma * m * fm_div(numer, u);",
              "generic gamma derivative without the u > 0 guard: 0/0 where p_t rounds to 1"),
     Mutation("softmax-h-sign", "csrc/focal_math.h",
              "h = alpha_c * (m - modulating_derivative<G>(u, m, gamma, p * logp) +",
@@ -96,7 +97,7 @@ MUTATIONS = [
              "const float d = x - 1.0f;  // exact for x in [0.5, 2]\n  if (d > 1.0f) {",
              "device log near 1 from lg2.approx (2**-22 absolute): binary focal at p near 1 negative / 16 % off"),
     Mutation("asymmetric-log-of-rounded-sigmoid", "csrc/focal_math.h",
-             "const T log_pos = fm_max(zero - (s.log1p_e + fm_max(zero - x, zero)), prm.log_eps);",
+             "const T log_pos = fm_max(-(s.log1p_e + fm_max(-x, zero)), prm.log_eps);",
              "const T log_pos = fm_log(fm_max(s.p, prm.eps));",
              "ASL's log p as the log of the rounded sigmoid: 17 % off at x = 15"),
     Mutation("softmax-cpu-log-of-sum", "csrc/cpu/softmax_rows.h",
@@ -104,7 +105,7 @@ MUTATIONS = [
              "reduce_each(tie_partial, add_op));\n    const Vec log_sum = (Vec(1) + excess).log();",
              "CPU softmax rows: log(sum) of a sum near 1 (confident rows lose their digits)"),
     Mutation("softmax-device-log-of-sum", "csrc/cuda/softmax_row.cuh",
-             "const T log_sum = fm_max(fm_log1p(total.excess), T(0));",
+             "const T log_sum = fm_max(fm_log1p_nonnegative_at<P>(total.excess), T(0));",
              "const T log_sum = fm_max(fm_log(T(1) + total.excess), T(0));",
              "CUDA softmax: log(sum) near 1 through lg2.approx (0.2 off at d = 14, 0 at d = 16)"),
     Mutation("varifocal-grad-from-rounded-p", "csrc/focal_math.h",
@@ -120,9 +121,17 @@ MUTATIONS = [
              "  return 1.0;",
              "fp16 gradients stored unscaled: flushed to 0 before a GradScaler's 2**15 arrives"),
     Mutation("cuda-zero-weight-masks-nan", "csrc/cuda/elementwise_kernels.cu",
-             "const op_t x = counted ? static_cast<op_t>(xs[k]) : op_t(0);",
-             "const op_t x = w != op_t(0) ? static_cast<op_t>(xs[k]) : op_t(0);",
+             "const op_t xk = counted ? x[k] : op_t(0);",
+             "const op_t xk = w != op_t(0) ? x[k] : op_t(0);",
              "CUDA: a NaN logit under a user weight of 0 made finite (CPU gives NaN: 0 * NaN)"),
+    Mutation("cuda-aligned-ignored-row-logits-kept", "csrc/cuda/elementwise_kernels.cu",
+             "to_opmath<W>(xs, x, !one_row_per_access(L) || first.counted);",
+             "to_opmath<W>(xs, x);",
+             "CUDA: an ignored row of the aligned class-index layouts reaches the math with its logits (0 * NaN)"),
+    Mutation("cuda-16bit-binary-log-unclamped", "csrc/approx_math.h",
+             "const float smaller = max_nan(fma(log2_ftz(m * 0x1p32f), kLn2, -32.0f * kLn2), -100.0f);",
+             "const float smaller = fma(log2_ftz(m * 0x1p32f), kLn2, -32.0f * kLn2);",
+             "CUDA fp16 / bf16 binary focal: log 0 not clamped at -100 (p = 0 or 1 gives inf / NaN)"),
     Mutation("cpu-softmax-ignored-row-nan", "csrc/cpu/softmax_rows.h",
              "        if (lanes.valid[i] == op_t(0)) {  // ignored rows: 0 whatever their logits hold (NaN included)\n"
              "          std::fill_n(grad, C, scalar_t(0));\n          continue;\n        }\n",
@@ -162,6 +171,7 @@ def copy_tree(work):
 
 def build(work, log):
     env = dict(os.environ, FOCAL_CUDA_CPU_ONLY="1", MAX_JOBS=os.environ.get("MAX_JOBS", "1"))
+    env.setdefault("FOCAL_CUDA_EMULATE", "1")  # the mutations in csrc/cuda are caught by the emulated tests
     return run([sys.executable, "setup.py", "build_ext", "--inplace"], work, env, log) == 0
 
 
