@@ -153,6 +153,13 @@ C10_HOST_DEVICE inline float log1p_nonpositive_compact(float x) {
   const float far = log2_ftz(1.0f + x) * kLn2;
   return x > -0.0625f ? series : far;
 }
+// The same for results stored in bf16: x (1 - x / 2) above -1/64 (8.1e-5 relative), else lg2 of 1 + x (1.3e-5 of
+// |log| >= 0.0157 at most).
+C10_HOST_DEVICE inline float log1p_nonpositive_bf16(float x) {
+  const float series = x * fma(x, -0.5f, 1.0f);
+  const float far = log2_ftz(1.0f + x) * kLn2;
+  return x > -0.015625f ? series : far;
+}
 // log1p(x) for x >= 0, for results stored in fp16 / bf16: a 4-term series below 1/16, else lg2 of 1 + x (its rounding
 // and lg2's error are 2e-6 of log(1 + x) >= 0.06 at most).
 C10_HOST_DEVICE inline float log1p_nonnegative_compact(float x) {
@@ -242,8 +249,8 @@ C10_HOST_DEVICE inline float pow(float x, float y) {
 // caller multiplies x**y by a term at least as small as x there (a modulating factor times its cross entropy), so
 // those results are below the normal range either way. x**0 = 1 (0**0 too); NaN gives NaN, as x < 0 does.
 C10_HOST_DEVICE inline float pow_compact(float x, float y) {
-  const float r = exp2(y * log2_ftz(x));  // x = 0: -inf, so 0 for y > 0
-  return y == 0.0f && x == x ? 1.0f : r;
+  // lg2 0 = -inf held at -2**126: y * that is 0 for y = 0 (x**0 = 1) and below -126 for y >= 2**-119 (0**y = 0)
+  return exp2(y * max_nan(log2_ftz(x), -0x1p126f));
 }
 
 }  // namespace focal::approx

@@ -107,10 +107,18 @@ enum class Precision : int { kFull = 0, kStorage16 = 1, kStorageBF16 = 2 };
 FOCAL_AT_PRECISION(fm_log1p_nonnegative_at, fm_log1p, log1p_nonnegative_compact, (T x), (x))
 // expm1(x) for x <= 0 (p - 1 from log p).
 FOCAL_AT_PRECISION(fm_expm1_nonpositive_at, fm_expm1, expm1_nonpositive_compact, (T x), (x))
-// log1p(x) for x in [-1, 0] (a log of 1 minus a probability).
-FOCAL_AT_PRECISION(fm_log1p_nonpositive_at, fm_log1p, log1p_nonpositive_compact, (T x), (x))
 FOCAL_AT_PRECISION(fm_pow_at, fm_pow, pow_compact, (T x, T y), (x, y))
 #undef FOCAL_AT_PRECISION
+
+// log1p(x) for x in [-1, 0] (a log of 1 minus a probability).
+template <Precision P, typename T>
+C10_HOST_DEVICE inline T fm_log1p_nonpositive_at(T x) {
+#if defined(FOCAL_DEVICE_APPROX_MATH)
+  if constexpr (P == Precision::kStorageBF16 && std::is_same_v<T, float>) return approx::log1p_nonpositive_bf16(x);
+  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::log1p_nonpositive_compact(x);
+#endif
+  return fm_log1p(x);
+}
 
 // log1p(e) for e in [0, 1], given small = e / (1 + e) (the sigmoid(-|x|) the caller already has).
 template <Precision P, typename T>
@@ -339,6 +347,32 @@ C10_HOST_DEVICE inline void varifocal_point(T x, T q, T alpha, T gamma, bool iou
   if (G != 0) grad = grad + fm_select(positive, zero, s.ce * dw);
 }
 
+// varifocal_point for a class-index target: q = q_on at the target class (`on`), else 0. w_on: the positive's weight
+// (q_on or 1, times the row's weight), a_off: alpha times the row's weight. The q = 0 elements take
+// sigmoid_focal_hard_point's t = 0 form (alpha p**gamma ce, d/dx = alpha p**gamma (p + gamma q ce)); a target class of
+// q_on > 0 swaps in w_on ce and w_on (p - q_on), from the same e, sigmoid(|x|) and log1p(e). ce keeps the general
+// form |x| c + log1p(e), so a NaN q_on or an infinite logit reaches the loss as varifocal_point's does.
+template <int G, Precision P = Precision::kFull, typename T>
+C10_HOST_DEVICE inline void varifocal_index_point(T x, bool on, T q_on, T w_on, T a_off, T gamma, T& loss, T& grad) {
+  const T one(1), zero(0);
+  const T abs_x = fm_abs(x);
+  const T e = fm_exp(-abs_x);
+  const T big = fm_reciprocal(one + e);  // sigmoid(|x|)
+  const T small = e * big;               // sigmoid(-|x|)
+  const auto x_nonneg = x >= zero;
+  const T p = fm_select(x_nonneg, big, small);
+  const T q = fm_select(x_nonneg, small, big);
+  const T t = fm_select(on, q_on, zero);
+  const T c = fm_select(x_nonneg, one - t, t);  // as in sigmoid_focal_point
+  const T ce = fm_fma(abs_x, c, fm_log1p_unit_at<P>(e, small));
+  const bool positive = on && q_on > zero;
+  const T am = a_off * modulating_factor<G, P>(p, gamma);
+  const T inner = G == 0 ? p : fm_fma(q, gamma * ce, p);
+  loss = fm_select(positive, w_on, am) * ce;
+  // p - q_on = +-(c - small) (sigmoid_focal_point's p - t)
+  grad = fm_select(positive, fm_select(x_nonneg, w_on, -w_on), am) * fm_select(positive, c - small, inner);
+}
+
 // Quality focal loss (GFL; mmdet's formula): loss = ce(x, y) |y - p|**beta; the gradient flows through the
 // factor, d|y - p|**beta/dx = beta |p - y|**(beta-1) sign(p - y) p q (0 at p = y, the subgradient).
 template <int G, Precision P = Precision::kFull, typename T>
@@ -362,9 +396,15 @@ template <typename T>
 struct AsymmetricParams {
   T gamma_pos;
   T gamma_neg;
+  T gamma_diff;  // gamma_pos - gamma_neg
   T clip;
   T eps;
   T log_eps;  // log(eps), from the host's libm
+  // From the op's arguments (S: T's scalar type).
+  template <typename S>
+  static AsymmetricParams make(double gamma_pos, double gamma_neg, double clip, double eps) {
+    return {T(S(gamma_pos)), T(S(gamma_neg)), T(S(gamma_pos - gamma_neg)), T(S(clip)), T(S(eps)), T(S(std::log(eps)))};
+  }
 };
 
 // kClip: clip > 0 (p_neg = min(q + clip, 1)); kDetach: the modulating factor is a constant in the gradient. Both
@@ -382,15 +422,13 @@ C10_HOST_DEVICE inline void asymmetric_point(T x, T t, const AsymmetricParams<T>
   const T one_minus_t = one - t;
   T log_neg, dlog_neg, u;
   if constexpr (kClip) {
+    // p_neg = min(q + clip, 1) = 1 - v with v = max(p - clip, 0): log1p(-v) (the log of a value near 1 loses its
+    // digits), and d log p_neg/dx = -p q / (q + clip) while p_neg moves (v > 0) and is above eps.
+    const T v = fm_max(s.p - prm.clip, zero);
+    log_neg = fm_max(fm_log1p_nonpositive_at<P>(-v), prm.log_eps);
     const T shifted = s.q + prm.clip;
-    const auto clipped = shifted >= one;  // p_neg saturates at 1: constant
-    const T p_neg = fm_select(clipped, one, shifted);
-    // p_neg = 1 + min(clip - p, 0): log1p of that exact-ish difference (log of a value near 1 loses its digits).
-    const T clip_minus_p = prm.clip - s.p;
-    log_neg = fm_max(fm_log1p_nonpositive_at<P>(fm_select(clip_minus_p < zero, clip_minus_p, zero)), prm.log_eps);
-    // d log max(p_neg, eps)/dx = -p q / p_neg while p_neg moves and > eps
-    dlog_neg = fm_select(clipped, zero, fm_select(p_neg < prm.eps, zero, -(pq * fm_reciprocal(p_neg))));
-    u = t * s.q + one_minus_t * fm_max(s.p - prm.clip, zero);
+    dlog_neg = fm_select((shifted >= one) | (shifted < prm.eps), zero, -(pq * fm_reciprocal(shifted)));
+    u = t * s.q + one_minus_t * v;
   } else {
     log_neg = fm_max(-(s.log1p_e + fm_max(x, zero)), prm.log_eps);
     dlog_neg = fm_select(s.q < prm.eps, zero, -s.p);  // p_neg = q: q's rounding to 1 is no clip
@@ -398,7 +436,8 @@ C10_HOST_DEVICE inline void asymmetric_point(T x, T t, const AsymmetricParams<T>
   }
   const T ce = -(t * log_pos + one_minus_t * log_neg);
   const T dce = -(t * dlog_pos + one_minus_t * dlog_neg);
-  const T g = prm.gamma_pos * t + prm.gamma_neg * one_minus_t;
+  // gamma_neg at t = 0; at t = 1 gamma_pos to one rounding (exact when gamma_pos - gamma_neg is a float: 0 - gamma_neg)
+  const T g = fm_fma(t, prm.gamma_diff, prm.gamma_neg);
   const T w = modulating_factor<kGammaAny, P>(u, g);
   loss = w * ce;
   if constexpr (kDetach) {

@@ -107,11 +107,14 @@ def test_sigmoid_index_vectors_cross_rows(C, dtype):
 
 
 # Rows of whole 32-byte groups (C % 16 == 0 in fp16 / bf16, C % 8 in float32) take two adjacent vectors of one row per
-# access; C = 24 is whole vectors but half groups in fp16 / bf16 (the two-row layout). ignore_index = 2 is a class
-# the aligned layout's one-compare `positive` test also matches: the row must stay 0 and uncounted.
+# access; C = 24 is whole vectors but half groups in fp16 / bf16 (one vector per access). Rows of other lengths take
+# two adjacent vectors that may span two rows (C = 17, 81: a row's first and the previous row's last column can share
+# an access, as can an ignored row and a counted one), or, shorter than two vectors, single vectors (C = 12 in fp16 /
+# bf16). ignore_index = 2 is a class the aligned layouts' one-compare `positive` test also matches: the row must stay 0
+# and uncounted.
 @pytest.mark.parametrize("ignore_index", [-100, 2])
 @pytest.mark.parametrize("sm_count", [1, 3])
-@pytest.mark.parametrize("C", [16, 24, 32, 80])
+@pytest.mark.parametrize("C", [12, 16, 17, 24, 32, 80, 81])
 @pytest.mark.parametrize("dtype", floating_dtypes)
 def test_sigmoid_index_row_groups(C, dtype, sm_count, ignore_index):
     rows = 41
@@ -120,6 +123,7 @@ def test_sigmoid_index_row_groups(C, dtype, sm_count, ignore_index):
     t[::4] = ignore_index
     t[1] = 0
     t[3] = C - 1  # the last column of a row: the second vector of a group
+    t[5], t[6], t[7] = C - 1, 0, C - 1  # two rows' targets in one access; a target next to an ignored row (8)
     loss, grad = check_emulated(focal_cuda.sigmoid_focal_loss, reference.sigmoid_focal_loss, x, t,
                                 sm_count=sm_count, reduction="none", ignore_index=ignore_index)
     assert (loss[::4] == 0).all() and (grad[::4] == 0).all()

@@ -99,8 +99,7 @@ ForwardSums elementwise_forward_typed(const ForwardArgs& args, const Elementwise
   const ElementwiseConstants& c = la.constants;
   const Vec gamma(static_cast<op_t>(c.gamma));
   if (la.kind == ElementwiseLoss::kAsymmetric) {
-    const AsymmetricParams<Vec> prm{gamma, Vec(static_cast<op_t>(c.gamma_neg)), Vec(static_cast<op_t>(c.clip)),
-                                    Vec(static_cast<op_t>(c.eps)), Vec(static_cast<op_t>(std::log(c.eps)))};
+    const auto prm = AsymmetricParams<Vec>::template make<op_t>(c.gamma, c.gamma_neg, c.clip, c.eps);
     const auto asymmetric = [&](auto clip_tag, auto detach_tag) {
       constexpr bool kClip = decltype(clip_tag)::value, kDetach = decltype(detach_tag)::value;
       return elementwise_traverse<scalar_t>(args, [&](const Vec& x, const Vec& t, int64_t, int64_t, Vec& l, Vec& g) {

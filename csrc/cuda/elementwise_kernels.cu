@@ -113,7 +113,7 @@ struct BinaryPoint {
 };
 
 template <int G, typename T>
-struct VarifocalPoint : SoftIndexed<T, VarifocalPoint<G, T>> {
+struct VarifocalPoint {
   static constexpr bool kClassIndexTargets = true;
   static constexpr bool kChecksRange = false;
   T alpha;
@@ -124,6 +124,26 @@ struct VarifocalPoint : SoftIndexed<T, VarifocalPoint<G, T>> {
     varifocal_point<G, P>(x, q, alpha, gamma, iou_weighted, loss, grad);
   }
   __device__ __forceinline__ T target(T t) const { return t; }
+  // Class-index targets: q = the row's score (or 1) at the target class, 0 elsewhere, through varifocal_index_point
+  // (the q = 0 elements in the hard t = 0 form), with the row's weight folded into both weights.
+  struct Row {
+    T q_on;
+    T w_on;
+    T a_off;
+    __device__ __forceinline__ static Row pick(bool second, const Row& a, const Row& b) {
+      return {second ? b.q_on : a.q_on, second ? b.w_on : a.w_on, second ? b.a_off : a.a_off};
+    }
+  };
+  __device__ __forceinline__ Row row(T q, T w) const { return {q, (iou_weighted ? q : T(1)) * w, alpha * w}; }
+  template <bool>
+  __device__ __forceinline__ Row element_row(T q, T w, int64_t) const {
+    return row(q, w);
+  }
+  __device__ __forceinline__ bool index_form() const { return true; }
+  template <Precision P>
+  __device__ __forceinline__ void indexed(T x, bool on, const Row& r, T& loss, T& grad) const {
+    varifocal_index_point<G, P>(x, on, r.q_on, r.w_on, r.a_off, gamma, loss, grad);
+  }
 };
 
 template <int G, typename T>
@@ -332,10 +352,14 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
       // Class-index layouts: what a row contributes, once per access; per element only whether it is the target.
       const auto first_row = point.row(first.q, first.weight);
       const auto second_row = point.row(second.q, second.weight);
+      // Bit k: element k lies in a counted row (one bit test per element, not a select between the rows' flags).
+      static_assert(W < 32, "an access's elements are the bits of one 32-bit mask");
+      const uint32_t first_row_bits = (1u << split) - 1u;
+      const uint32_t counted_bits = (first.counted ? first_row_bits : 0u) | (second.counted ? ~first_row_bits : 0u);
 #pragma unroll
       for (int k = 0; k < W; ++k) {
         const bool next_row = k >= split;
-        const bool counted = one_row_per_access(L) || (next_row ? second.counted : first.counted);
+        const bool counted = one_row_per_access(L) || (counted_bits & (1u << k)) != 0u;
         point.template indexed<P>(counted ? x[k] : op_t(0),  // as above: ignored rows stay finite
                                   k == first.positive || k == second.positive,
                                   Point::Row::pick(next_row, first_row, second_row), l[k], g[k]);
@@ -363,11 +387,12 @@ template <Layout L, typename scalar_t>
 constexpr int kVectorsPerThread =
     L == Layout::kGeneral || (L != Layout::kDense && std::is_same_v<scalar_t, double>) ? 1 : 2;
 
-// Of those, how many are adjacent and make one access: the grouped class-index layout takes a thread's vectors from
-// one row, so that the row's target, weight and checks are read once per group. The other layouts stride their
-// vectors a grid apart.
+// Of those, how many are adjacent and make one access: the class-index layouts take a thread's vectors from one row
+// (kIndexGrouped) or two (kIndex, whose rows are then at least an access long), so that the rows' targets, weights
+// and checks are read once per group. The other layouts stride their vectors a grid apart.
 template <Layout L, typename scalar_t>
-constexpr int kAdjacentVectors = L == Layout::kIndexGrouped ? kVectorsPerThread<L, scalar_t> : 1;
+constexpr int kAdjacentVectors =
+    L == Layout::kIndexGrouped || L == Layout::kIndex ? kVectorsPerThread<L, scalar_t> : 1;
 
 // Element (row, col) of the (rows, C) input. Class-index targets make element (row, col) positive (with the
 // row's score, or 1) iff col == target[row]; a row's target, score and weight are read once per access,
@@ -468,21 +493,25 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     constexpr int V = vector_width<scalar_t>();
     // Two adjacent vectors per access where rows are whole pairs of them (not double: one vector per thread there).
     constexpr int kGroupVectors = kAdjacentVectors<Layout::kIndexGrouped, scalar_t>;
+    // Rows of any other length take kIndex's groups (an access spans two rows at most) when at least that long; shorter
+    // ones (V <= C < kGroupVectors V) the general layout's single vectors.
+    const bool short_rows = in.C >= V && in.C < kAdjacentVectors<Layout::kIndex, scalar_t> * V;
     const Layout layout = per_element_reads                        ? Layout::kGeneral
                           : p.index_target && kGroupVectors > 1 && in.C % (kGroupVectors * V) == 0 &&
                                     in.C <= (int64_t{1} << 30)  // col + step < 2C fits the cursor's int32
                               ? Layout::kIndexGrouped
                           : p.index_target && in.C % V == 0 && in.C <= (int64_t{1} << 30)
                               ? Layout::kIndexAligned
-                          : p.index_target                                   ? Layout::kIndex
-                          : in.weight_mode == WeightMode::kNone              ? Layout::kDense
+                          : p.index_target && !short_rows                    ? Layout::kIndex
+                          : in.weight_mode == WeightMode::kNone && !p.index_target ? Layout::kDense
                                                                              : Layout::kGeneral;
     auto* loss = static_cast<scalar_t*>(p.loss);
     auto* grad = static_cast<scalar_t*>(p.grad);
     // An access spans at most two rows (elements_forward) unless the layout has no rows.
+    const int access_elements = layout == Layout::kIndex ? kAdjacentVectors<Layout::kIndex, scalar_t> * V : V;
     in.vectorized = is_vector_aligned(in.x) && is_vector_aligned(loss) && is_vector_aligned(grad) &&
                     is_vector_aligned(in.dense_target) &&
-                    (layout == Layout::kDense || in.C >= V);
+                    (layout == Layout::kDense || in.C >= access_elements);
     ReductionBuffers reduce = p.reduce;
     // Dense targets count every element; class-index targets the elements of non-ignored rows.
     reduce.fixed_count = p.index_target ? -1 : p.numel;
@@ -509,8 +538,7 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     const ElementwiseConstants& c = p.constants;
     const op_t gamma = static_cast<op_t>(c.gamma);
     if (p.loss_kind == ElementwiseLoss::kAsymmetric) {
-      const AsymmetricParams<op_t> prm{gamma, static_cast<op_t>(c.gamma_neg), static_cast<op_t>(c.clip),
-                                       static_cast<op_t>(c.eps), static_cast<op_t>(std::log(c.eps))};
+      const auto prm = AsymmetricParams<op_t>::template make<op_t>(c.gamma, c.gamma_neg, c.clip, c.eps);
       const auto asymmetric = [&](auto clip_tag, auto detach_tag) {
         launch(AsymmetricPoint<decltype(clip_tag)::value, decltype(detach_tag)::value, op_t>{{}, prm});
       };
@@ -543,7 +571,7 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
           launch(BinaryPoint<G, op_t>{AlphaWeight<op_t>::from(c.alpha), gamma});
           break;
         case ElementwiseLoss::kVarifocal:
-          launch(VarifocalPoint<G, op_t>{{}, static_cast<op_t>(c.alpha), gamma, c.iou_weighted});
+          launch(VarifocalPoint<G, op_t>{static_cast<op_t>(c.alpha), gamma, c.iou_weighted});
           break;
         case ElementwiseLoss::kQualityFocal:
           launch(QualityFocalPoint<G, op_t>{{}, gamma});
