@@ -249,8 +249,8 @@ C10_HOST_DEVICE inline float pow(float x, float y) {
 // caller multiplies x**y by a term at least as small as x there (a modulating factor times its cross entropy), so
 // those results are below the normal range either way. x**0 = 1 (0**0 too); NaN gives NaN, as x < 0 does.
 C10_HOST_DEVICE inline float pow_compact(float x, float y) {
-  // lg2 0 = -inf held at -2**126: y * that is 0 for y = 0 (x**0 = 1) and below -126 for y >= 2**-119 (0**y = 0)
-  return exp2(y * max_nan(log2_ftz(x), -0x1p126f));
+  const float r = exp2(y * log2_ftz(x));  // x = 0: -inf, so 0 for y > 0
+  return y == 0.0f && x == x ? 1.0f : r;
 }
 
 }  // namespace focal::approx

@@ -374,11 +374,11 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
   return counted_elements;
 }
 
-// The cursor's column type: 32-bit for the aligned class-index layout (the launcher sends C > 2**30 elsewhere),
+// The cursor's column type: 32-bit for the class-index layouts (the launcher sends C > 2**30 to the general one),
 // except in double, whose kernels it would push to a stack frame.
 template <Layout L, typename scalar_t>
-using CursorFor =
-    RowCursor<std::conditional_t<one_row_per_access(L) && sizeof(scalar_t) < 8, int32_t, int64_t>>;
+using CursorFor = RowCursor<std::conditional_t<L != Layout::kDense && L != Layout::kGeneral && sizeof(scalar_t) < 8,
+                                               int32_t, int64_t>>;
 
 // Vectors each thread loads before computing on any: more 16-byte loads in flight per thread. One for the
 // general layout, whose per-element reads already hold more registers, and for double rows of class-index targets
@@ -502,7 +502,7 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
                               ? Layout::kIndexGrouped
                           : p.index_target && in.C % V == 0 && in.C <= (int64_t{1} << 30)
                               ? Layout::kIndexAligned
-                          : p.index_target && !short_rows                    ? Layout::kIndex
+                          : p.index_target && !short_rows && in.C <= (int64_t{1} << 30) ? Layout::kIndex
                           : in.weight_mode == WeightMode::kNone && !p.index_target ? Layout::kDense
                                                                              : Layout::kGeneral;
     auto* loss = static_cast<scalar_t*>(p.loss);
