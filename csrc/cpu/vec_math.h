@@ -57,20 +57,8 @@ inline at::vec::Vectorized<S> fm_fma(const at::vec::Vectorized<S>& a, const at::
                                      const at::vec::Vectorized<S>& c) {
   return at::vec::fmadd(a, b, c);
 }
-// 1 / x for finite x > 0 (1 + e, a clamped p q, q + clip): the estimate instruction plus one Newton step, r + r (1 - x r),
-// within 2 ulp, for a fraction of a vector division's throughput cost (the division is as dear as the exp).
 inline at::vec::Vectorized<float> fm_reciprocal(const at::vec::Vectorized<float>& x) {
-#if defined(CPU_CAPABILITY_AVX512)
-  const __m512 v = x;
-  const __m512 r = _mm512_rcp14_ps(v);  // 2**-14 relative
-  return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(v, r, _mm512_set1_ps(1.0f)), r);
-#elif defined(CPU_CAPABILITY_AVX2)
-  const __m256 v = x;
-  const __m256 r = _mm256_rcp_ps(v);  // 1.5 * 2**-12 relative
-  return _mm256_fmadd_ps(r, _mm256_fnmadd_ps(v, r, _mm256_set1_ps(1.0f)), r);
-#else
   return at::vec::Vectorized<float>(1.0f) / x;
-#endif
 }
 inline at::vec::Vectorized<double> fm_reciprocal(const at::vec::Vectorized<double>& x) {
   return at::vec::Vectorized<double>(1.0) / x;
