@@ -145,19 +145,19 @@ C10_HOST_DEVICE inline float log1p_unit_bf16(float e, float small) {
   constexpr float coefficients[4] = {FOCAL_LOG1P_UNIT_BF16_COEFFICIENTS};
   return small_times_series(e, small, coefficients);
 }
-// log1p(x) for x in [-1, 0], for results stored in fp16 / bf16: a 4-term series above -1/16 (1.3e-6 relative), else
-// lg2 of 1 + x (>= 15/16 away from 0: its rounding and lg2's error are 2e-6 of |log| >= 0.06 at most; ftz: 1 + x is
-// 0 or above 2**-24).
-C10_HOST_DEVICE inline float log1p_nonpositive_compact(float x) {
+// log1p(x) for x in [-1, 0] given y = 1 + x (the caller's, as accurate as x), for results stored in fp16 / bf16: a
+// 4-term series above -1/16 (1.3e-6 relative), else lg2 of y (its error is 2e-6 of |log| >= 0.06 at most; ftz: a
+// subnormal y is far below what eps clamps).
+C10_HOST_DEVICE inline float log1p_nonpositive_compact(float x, float y) {
   const float series = x * fma(x, fma(x, fma(x, -0.25f, 1.0f / 3.0f), -0.5f), 1.0f);
-  const float far = log2_ftz(1.0f + x) * kLn2;
+  const float far = log2_ftz(y) * kLn2;
   return x > -0.0625f ? series : far;
 }
-// The same for results stored in bf16: x (1 - x / 2) above -1/64 (8.1e-5 relative), else lg2 of 1 + x (1.3e-5 of
+// The same for results stored in bf16: x (1 - x / 2) above -1/64 (8.1e-5 relative), else lg2 of y (1.3e-5 of
 // |log| >= 0.0157 at most).
-C10_HOST_DEVICE inline float log1p_nonpositive_bf16(float x) {
+C10_HOST_DEVICE inline float log1p_nonpositive_bf16(float x, float y) {
   const float series = x * fma(x, -0.5f, 1.0f);
-  const float far = log2_ftz(1.0f + x) * kLn2;
+  const float far = log2_ftz(y) * kLn2;
   return x > -0.015625f ? series : far;
 }
 // log1p(x) for x >= 0, for results stored in fp16 / bf16: a 4-term series below 1/16, else lg2 of 1 + x (its rounding

@@ -110,14 +110,15 @@ FOCAL_AT_PRECISION(fm_expm1_nonpositive_at, fm_expm1, expm1_nonpositive_compact,
 FOCAL_AT_PRECISION(fm_pow_at, fm_pow, pow_compact, (T x, T y), (x, y))
 #undef FOCAL_AT_PRECISION
 
-// log1p(x) for x in [-1, 0] (a log of 1 minus a probability).
+// log1p(x) for x in [-1, 0] (a log of 1 minus a probability), given y = 1 + x as accurately as x: log1p(x) near 0, the
+// log of y where y is small (x's rounding near -1 would be all of the rounded 1 + x).
 template <Precision P, typename T>
-C10_HOST_DEVICE inline T fm_log1p_nonpositive_at(T x) {
+C10_HOST_DEVICE inline T fm_log1p_nonpositive_at(T x, T y) {
 #if defined(FOCAL_DEVICE_APPROX_MATH)
-  if constexpr (P == Precision::kStorageBF16 && std::is_same_v<T, float>) return approx::log1p_nonpositive_bf16(x);
-  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::log1p_nonpositive_compact(x);
+  if constexpr (P == Precision::kStorageBF16 && std::is_same_v<T, float>) return approx::log1p_nonpositive_bf16(x, y);
+  if constexpr (P == Precision::kStorage16 && std::is_same_v<T, float>) return approx::log1p_nonpositive_compact(x, y);
 #endif
-  return fm_log1p(x);
+  return fm_select(y < T(0.5), fm_log(y), fm_log1p(x));
 }
 
 // log1p(e) for e in [0, 1], given small = e / (1 + e) (the sigmoid(-|x|) the caller already has).
@@ -422,11 +423,12 @@ C10_HOST_DEVICE inline void asymmetric_point(T x, T t, const AsymmetricParams<T>
   const T one_minus_t = one - t;
   T log_neg, dlog_neg, u;
   if constexpr (kClip) {
-    // p_neg = min(q + clip, 1) = 1 - v with v = max(p - clip, 0): log1p(-v) (the log of a value near 1 loses its
-    // digits), and d log p_neg/dx = -p q / (q + clip) while p_neg moves (v > 0) and is above eps.
+    // p_neg = min(q + clip, 1) = 1 - v with v = max(p - clip, 0): log1p(-v) near 1 (the log of a value near 1 loses its
+    // digits), the log of q + clip near 0 (1 - v would have lost q's), and d log p_neg/dx = -p q / (q + clip) while
+    // p_neg moves (v > 0) and is above eps.
     const T v = fm_max(s.p - prm.clip, zero);
-    log_neg = fm_max(fm_log1p_nonpositive_at<P>(-v), prm.log_eps);
     const T shifted = s.q + prm.clip;
+    log_neg = fm_max(fm_log1p_nonpositive_at<P>(-v, shifted), prm.log_eps);
     dlog_neg = fm_select((shifted >= one) | (shifted < prm.eps), zero, -(pq * fm_reciprocal(shifted)));
     u = t * s.q + one_minus_t * v;
   } else {

@@ -90,6 +90,16 @@ def test_asymmetric_options(backend):
                                     gamma_neg=4.0, clip=clip, detach_modulation=detach, reduction="mean")
 
 
+# A clip below eps: p_neg = q + clip reaches eps for q < eps - clip (x above 18.4), where ASL's clamp holds the log at
+# log(eps) and its gradient at 0; a clip above eps never lets p_neg get there.
+@pytest.mark.parametrize("clip", [1e-9, 1e-6])
+def test_asymmetric_clip_against_eps(backend, clip):
+    x = torch.cat([logits((64,)), torch.linspace(-10, 30, 61, dtype=torch.float64).float()]).reshape(5, 25)
+    t, _ = targets("dense", (5, 25), torch.float32)
+    check_against_reference(focal_cuda.asymmetric_loss, reference.asymmetric_loss, x, t, clip=clip, eps=1e-8,
+                            reduction="none")
+
+
 def test_varifocal_iou_weighted_off(backend):
     x = logits((9, 11))
     t, kwargs = targets("index_score", (9, 11), torch.float32)
