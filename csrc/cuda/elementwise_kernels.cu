@@ -33,8 +33,19 @@ namespace {
 // class); Layout::kGeneral calls indexed with element_row(q, w, col) (the element's own weight and alpha) when
 // index_form() holds, so a class-index target gets one formula in every layout. SoftIndexed gives the points whose
 // targets are soft there the general form: t = on ? target(q) : target(0).
+// element_row and index_form of a point whose class-index rows read nothing per class: every element takes the row's
+// own terms, in every layout.
 template <typename T, typename Point>
-struct SoftIndexed {
+struct RowTermsEverywhere {
+  template <bool>
+  __device__ __forceinline__ auto element_row(T q, T w, int64_t) const {
+    return static_cast<const Point*>(this)->row(q, w);
+  }
+  __device__ __forceinline__ bool index_form() const { return true; }
+};
+
+template <typename T, typename Point>
+struct SoftIndexed : RowTermsEverywhere<T, Point> {
   struct Row {
     T t_on;
     T weight;
@@ -46,11 +57,6 @@ struct SoftIndexed {
   __device__ __forceinline__ Row row(T q, T w) const {
     return {static_cast<const Point*>(this)->target(q), w};
   }
-  template <bool>
-  __device__ __forceinline__ Row element_row(T q, T w, int64_t) const {
-    return row(q, w);
-  }
-  __device__ __forceinline__ bool index_form() const { return true; }
   template <Precision P>
   __device__ __forceinline__ void indexed(T x, bool on, const Row& r, T& loss, T& grad) const {
     const Point& point = *static_cast<const Point*>(this);
@@ -113,7 +119,7 @@ struct BinaryPoint {
 };
 
 template <int G, typename T>
-struct VarifocalPoint {
+struct VarifocalPoint : RowTermsEverywhere<T, VarifocalPoint<G, T>> {
   static constexpr bool kClassIndexTargets = true;
   static constexpr bool kChecksRange = false;
   T alpha;
@@ -135,11 +141,6 @@ struct VarifocalPoint {
     }
   };
   __device__ __forceinline__ Row row(T q, T w) const { return {q, (iou_weighted ? q : T(1)) * w, alpha * w}; }
-  template <bool>
-  __device__ __forceinline__ Row element_row(T q, T w, int64_t) const {
-    return row(q, w);
-  }
-  __device__ __forceinline__ bool index_form() const { return true; }
   template <Precision P>
   __device__ __forceinline__ void indexed(T x, bool on, const Row& r, T& loss, T& grad) const {
     varifocal_index_point<G, P>(x, on, r.q_on, r.w_on, r.a_off, gamma, loss, grad);
@@ -571,7 +572,7 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
           launch(BinaryPoint<G, op_t>{AlphaWeight<op_t>::from(c.alpha), gamma});
           break;
         case ElementwiseLoss::kVarifocal:
-          launch(VarifocalPoint<G, op_t>{static_cast<op_t>(c.alpha), gamma, c.iou_weighted});
+          launch(VarifocalPoint<G, op_t>{{}, static_cast<op_t>(c.alpha), gamma, c.iou_weighted});
           break;
         case ElementwiseLoss::kQualityFocal:
           launch(QualityFocalPoint<G, op_t>{{}, gamma});
