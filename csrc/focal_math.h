@@ -395,7 +395,6 @@ C10_HOST_DEVICE inline void quality_focal_point(T x, T y, T beta, T& loss, T& gr
 // 1 - pt = t q + (1 - t) max(p - clip, 0) has no cancellation. detach: w is a constant for the gradient.
 template <typename T>
 struct AsymmetricParams {
-  T gamma_pos;
   T gamma_neg;
   T gamma_diff;  // gamma_pos - gamma_neg
   T clip;
@@ -404,7 +403,7 @@ struct AsymmetricParams {
   // From the op's arguments (S: T's scalar type).
   template <typename S>
   static AsymmetricParams make(double gamma_pos, double gamma_neg, double clip, double eps) {
-    return {T(S(gamma_pos)), T(S(gamma_neg)), T(S(gamma_pos - gamma_neg)), T(S(clip)), T(S(eps)), T(S(std::log(eps)))};
+    return {T(S(gamma_neg)), T(S(gamma_pos - gamma_neg)), T(S(clip)), T(S(eps)), T(S(std::log(eps)))};
   }
 };
 
