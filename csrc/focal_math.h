@@ -348,11 +348,12 @@ C10_HOST_DEVICE inline void varifocal_point(T x, T q, T alpha, T gamma, bool iou
   if (G != 0) grad = grad + fm_select(positive, zero, s.ce * dw);
 }
 
-// varifocal_point for a class-index target: q = q_on at the target class (`on`), else 0. w_on: the positive's weight
-// (q_on or 1, times the row's weight), a_off: alpha times the row's weight. The q = 0 elements take
-// sigmoid_focal_hard_point's t = 0 form (alpha p**gamma ce, d/dx = alpha p**gamma (p + gamma q ce)); a target class of
-// q_on > 0 swaps in w_on ce and w_on (p - q_on), from the same e, sigmoid(|x|) and log1p(e). ce keeps the general
-// form |x| c + log1p(e), so a NaN q_on or an infinite logit reaches the loss as varifocal_point's does.
+// varifocal_point for a class-index target: q = q_on at the target class (`on`, which the caller sets only where q_on is
+// not <= 0: a target class of q = 0 is one more negative), else 0. w_on: the positive's weight (q_on or 1, times the
+// row's weight), a_off: alpha times the row's weight. The q = 0 elements take sigmoid_focal_hard_point's t = 0 form
+// (alpha p**gamma ce, d/dx = alpha p**gamma (p + gamma q ce)); the target class swaps in w_on ce and w_on (p - q_on),
+// from the same e, sigmoid(|x|) and log1p(e). ce keeps the general form |x| c + log1p(e), so a NaN q_on (which takes
+// the target form) or an infinite logit reaches the loss as varifocal_point's does.
 template <int G, Precision P = Precision::kFull, typename T>
 C10_HOST_DEVICE inline void varifocal_index_point(T x, bool on, T q_on, T w_on, T a_off, T gamma, T& loss, T& grad) {
   const T one(1), zero(0);
@@ -366,12 +367,11 @@ C10_HOST_DEVICE inline void varifocal_index_point(T x, bool on, T q_on, T w_on, 
   const T t = fm_select(on, q_on, zero);
   const T c = fm_select(x_nonneg, one - t, t);  // as in sigmoid_focal_point
   const T ce = fm_fma(abs_x, c, fm_log1p_unit_at<P>(e, small));
-  const bool positive = on && q_on > zero;
   const T am = a_off * modulating_factor<G, P>(p, gamma);
   const T inner = G == 0 ? p : fm_fma(q, gamma * ce, p);
-  loss = fm_select(positive, w_on, am) * ce;
+  loss = fm_select(on, w_on, am) * ce;
   // p - q_on = +-(c - small) (sigmoid_focal_point's p - t)
-  grad = fm_select(positive, fm_select(x_nonneg, w_on, -w_on), am) * fm_select(positive, c - small, inner);
+  grad = fm_select(on, fm_select(x_nonneg, w_on, -w_on), am) * fm_select(on, c - small, inner);
 }
 
 // Quality focal loss (GFL; mmdet's formula): loss = ce(x, y) |y - p|**beta; the gradient flows through the

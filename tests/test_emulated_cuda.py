@@ -139,6 +139,56 @@ def test_sigmoid_index_row_groups(C, dtype, sm_count, ignore_index):
     assert torch.equal(garbage_grad, clean_grad)
 
 
+INDEX_POINTS = {
+    "sigmoid_focal": (focal_cuda.sigmoid_focal_loss, reference.sigmoid_focal_loss, {}),
+    "varifocal": (focal_cuda.varifocal_loss, reference.varifocal_loss, {}),
+    "quality_focal": (focal_cuda.quality_focal_loss, reference.quality_focal_loss, {}),
+    "asymmetric": (focal_cuda.asymmetric_loss, reference.asymmetric_loss, {}),
+    "asymmetric, no clip, modulation in the gradient": (focal_cuda.asymmetric_loss, reference.asymmetric_loss,
+                                                        {"clip": 0.0, "detach_modulation": False}),
+}
+
+
+# Rows of any length (C = 17, 81: accesses spanning two rows) for every loss with class-index targets, with and without
+# a weight per row (separate kernels): an ignored row's elements compute on a logit whose terms are exactly 0, so they
+# stay 0 and 0 whatever the row's logits and weight hold, next to a counted row's target in the same access. Scores of
+# exactly 0 make the target class one more negative.
+@pytest.mark.parametrize("row_weight", [False, True])
+@pytest.mark.parametrize("C", [17, 81])
+@pytest.mark.parametrize("name", sorted(INDEX_POINTS))
+@pytest.mark.parametrize("dtype", floating_dtypes)
+def test_index_rows_of_any_length_every_loss(dtype, name, C, row_weight):
+    function, reference_function, options = INDEX_POINTS[name]
+    rows = 29
+    x = logits((rows, C), dtype)
+    t = torch.randint(0, C + 1, (rows,))
+    t[::4] = -100
+    t[3], t[5], t[7] = C - 1, 0, C - 1  # targets at a row's ends, next to ignored rows 4 and 8
+    kwargs = dict(options)
+    if name in ("varifocal", "quality_focal"):
+        score = torch.rand(rows, dtype=torch.float64).to(dtype)
+        score[1::6] = 0.0
+        kwargs["score"] = score
+    if row_weight:
+        kwargs["weight"] = torch.rand(rows, dtype=torch.float64) + 0.5
+    loss, grad = check_emulated(function, reference_function, x, t, reduction="none", **kwargs)
+    assert (loss[::4] == 0).all() and (grad[::4] == 0).all()
+    # ignored rows: NaN / inf logits (and weights) change nothing anywhere
+    if row_weight:
+        kwargs["weight"] = kwargs["weight"].clone()
+        kwargs["weight"][::4] = float("nan")
+    garbage = x.clone()
+    garbage[::4, 1] = float("nan")
+    garbage[::4, -1] = float("inf")
+    garbage[::4, 0] = -float("inf")
+    grad_output = torch.ones_like(x)
+    garbage_loss, garbage_grad = run_emulated(function, garbage, t, grad_output, sm_count=3, reverse=False,
+                                              reduction="none", **kwargs)
+    clean_loss, clean_grad = run_emulated(function, x, t, grad_output, sm_count=3, reverse=False, reduction="none",
+                                          **kwargs)
+    assert torch.equal(garbage_loss, clean_loss) and torch.equal(garbage_grad, clean_grad)
+
+
 @pytest.mark.parametrize("reduction", reductions)
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("alpha", [None, 0.25])

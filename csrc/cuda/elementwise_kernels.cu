@@ -11,15 +11,26 @@ namespace focal::cuda {
 enum class Layout : int {
   kDense = 0,    // dense target; nothing per row or per class
   kGeneral = 1,  // either target, with per-class alpha or a class / element weight: read per element
-  kIndex = 2,    // one class-index target per row, with a score and a weight per row at most
+  kIndex = 2,    // one class-index target per row, with a score per row at most (row weights: kIndexRowWeighted)
   kIndexAligned = 3,  // kIndex with rows of whole vectors (C a multiple of the vector width): one row per access
   kIndexGrouped = 4,  // kIndexAligned with rows of whole pairs of vectors: two adjacent vectors of a row per access
+  kIndexRowWeighted = 5,  // kIndex with a weight per row (kIndex's rows then differ only in their targets)
 };
 
 // Whether every access lies in one row (the aligned class-index layouts).
 constexpr bool one_row_per_access(Layout L) {
   return L == Layout::kIndexAligned || L == Layout::kIndexGrouped;
 }
+
+// Whether an access may span two rows of class-index targets (rows of any length).
+constexpr bool two_rows_per_access(Layout L) {
+  return L == Layout::kIndex || L == Layout::kIndexRowWeighted;
+}
+
+// A logit whose terms are exactly 0 in every point (p = 0, ce = 0, and each factor finite): what kIndex's elements of an
+// ignored row compute on, so that their loss and gradient are 0 with no weight of 0 per row (whose pick per element
+// between an access's two rows costs more than the select of this input).
+constexpr float kIgnoredLogit = -0x1p100f;
 
 namespace {
 
@@ -42,6 +53,8 @@ struct RowTermsEverywhere {
     return static_cast<const Point*>(this)->row(q, w);
   }
   __device__ __forceinline__ bool index_form() const { return true; }
+  // Whether a row's target class takes the point's target form (indexed's `on`) for the row's target value q.
+  __device__ __forceinline__ bool on_form(T) const { return true; }
 };
 
 template <typename T, typename Point>
@@ -99,6 +112,7 @@ struct SigmoidPoint {
     return {-(a.pos * w), a.neg * w};
   }
   __device__ __forceinline__ bool index_form() const { return smoothing == T(0); }  // hard targets
+  __device__ __forceinline__ bool on_form(T) const { return true; }
   template <Precision P>
   __device__ __forceinline__ void indexed(T x, bool on, const Row& r, T& loss, T& grad) const {
     sigmoid_focal_hard_point<G, kPoly, P>(x, on, on ? r.a_on : r.a_off, gamma, loss, grad, poly);
@@ -141,6 +155,9 @@ struct VarifocalPoint : RowTermsEverywhere<T, VarifocalPoint<G, T>> {
     }
   };
   __device__ __forceinline__ Row row(T q, T w) const { return {q, (iou_weighted ? q : T(1)) * w, alpha * w}; }
+  // A score of 0 (or below: outside varifocal's [0, 1]) makes the target class one more negative, q = 0; a NaN score
+  // takes the target form, whose loss and gradient it makes NaN.
+  __device__ __forceinline__ bool on_form(T q) const { return !(q <= T(0)); }
   template <Precision P>
   __device__ __forceinline__ void indexed(T x, bool on, const Row& r, T& loss, T& grad) const {
     varifocal_index_point<G, P>(x, on, r.q_on, r.w_on, r.a_off, gamma, loss, grad);
@@ -262,7 +279,7 @@ __device__ __forceinline__ RowTerms<opmath_t<scalar_t>> row_terms(const Elementw
                                                                   Col first_col, int width) {
   using op_t = opmath_t<scalar_t>;
   RowTerms<op_t> r;
-  if (L == Layout::kIndex || one_row_per_access(L) || in.index_target != nullptr) {
+  if (two_rows_per_access(L) || one_row_per_access(L) || in.index_target != nullptr) {
     const int64_t tgt = in.index_target[row];
     r.counted = sigmoid_row_counted(tgt, in.C, in.ignore_index);
     // 0 <= at < width in one unsigned compare (in Col: a counted tgt is in [0, C])
@@ -275,7 +292,7 @@ __device__ __forceinline__ RowTerms<opmath_t<scalar_t>> row_terms(const Elementw
     r.positive = (one_row_per_access(L) ? within : r.counted && tgt < in.C && within) ? static_cast<int>(at) : -1;
     if (in.score != nullptr) r.q = static_cast<op_t>(in.score[row]);
   }
-  if (in.weight_mode == WeightMode::kRow) r.weight = in.weight[row];
+  if (L != Layout::kIndex && in.weight_mode == WeightMode::kRow) r.weight = in.weight[row];
   if (!r.counted) r.weight = op_t(0);
   return r;
 }
@@ -310,6 +327,12 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
     const RowTerms<op_t> first = row_terms<L>(in, cur.row, cur.col, W);
     const RowTerms<op_t> second = split < W ? row_terms<L>(in, cur.row + 1, cur.col - cur.C, W) : RowTerms<op_t>{};
     if (index) counted_elements = (first.counted ? split : 0) + (second.counted ? W - split : 0);
+    // Where the rows' target classes take the point's target form (-1: nowhere in this access).
+    int first_on_at = -1, second_on_at = -1;
+    if constexpr (Point::kClassIndexTargets) {
+      first_on_at = point.on_form(first.q) ? first.positive : -1;
+      second_on_at = point.on_form(second.q) ? second.positive : -1;
+    }
     // One row per access: an ignored one reaches the math as x = 0 (weight 0), whatever its logits hold.
     to_opmath<W>(xs, x, !one_row_per_access(L) || first.counted);
     if constexpr (L == Layout::kGeneral) {
@@ -338,7 +361,7 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
         if constexpr (Point::kClassIndexTargets) index_form = index && point.index_form();
         if (index_form) {
           if constexpr (Point::kClassIndexTargets) {
-            point.template indexed<P>(xk, k == first.positive || k == second.positive,
+            point.template indexed<P>(xk, k == first_on_at || k == second_on_at,
                                       point.template element_row<true>(next_row ? second.q : first.q, w, col), l[k],
                                       g[k]);
           }
@@ -351,18 +374,23 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
       }
     } else {
       // Class-index layouts: what a row contributes, once per access; per element only whether it is the target.
-      const auto first_row = point.row(first.q, first.weight);
-      const auto second_row = point.row(second.q, second.weight);
+      // kIndex: no row weight, and an ignored row's elements compute on kIgnoredLogit, so the rows' weights are 1.
+      const op_t first_weight = L == Layout::kIndex ? op_t(1) : first.weight;
+      const op_t second_weight = L == Layout::kIndex ? op_t(1) : second.weight;
+      const auto first_row = point.row(first.q, first_weight);
+      const auto second_row = point.row(second.q, second_weight);
       // Bit k: element k lies in a counted row (one bit test per element, not a select between the rows' flags).
       static_assert(W < 32, "an access's elements are the bits of one 32-bit mask");
       const uint32_t first_row_bits = (1u << split) - 1u;
       const uint32_t counted_bits = (first.counted ? first_row_bits : 0u) | (second.counted ? ~first_row_bits : 0u);
+      // Ignored rows stay finite whatever their logits hold: x = 0 with weight 0 (one row per access, its x zeroed by
+      // to_opmath), or kIgnoredLogit (two rows per access).
+      const op_t ignored_x = two_rows_per_access(L) ? op_t(kIgnoredLogit) : op_t(0);
 #pragma unroll
       for (int k = 0; k < W; ++k) {
         const bool next_row = k >= split;
         const bool counted = one_row_per_access(L) || (counted_bits & (1u << k)) != 0u;
-        point.template indexed<P>(counted ? x[k] : op_t(0),  // as above: ignored rows stay finite
-                                  k == first.positive || k == second.positive,
+        point.template indexed<P>(counted ? x[k] : ignored_x, k == first_on_at || k == second_on_at,
                                   Point::Row::pick(next_row, first_row, second_row), l[k], g[k]);
         acc += l[k];
       }
@@ -393,7 +421,7 @@ constexpr int kVectorsPerThread =
 // and checks are read once per group. The other layouts stride their vectors a grid apart.
 template <Layout L, typename scalar_t>
 constexpr int kAdjacentVectors =
-    L == Layout::kIndexGrouped || L == Layout::kIndex ? kVectorsPerThread<L, scalar_t> : 1;
+    L == Layout::kIndexGrouped || two_rows_per_access(L) ? kVectorsPerThread<L, scalar_t> : 1;
 
 // Element (row, col) of the (rows, C) input. Class-index targets make element (row, col) positive (with the
 // row's score, or 1) iff col == target[row]; a row's target, score and weight are read once per access,
@@ -503,13 +531,14 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
                               ? Layout::kIndexGrouped
                           : p.index_target && in.C % V == 0 && in.C <= (int64_t{1} << 30)
                               ? Layout::kIndexAligned
-                          : p.index_target && !short_rows && in.C <= (int64_t{1} << 30) ? Layout::kIndex
+                          : p.index_target && !short_rows && in.C <= (int64_t{1} << 30)
+                              ? (in.weight_mode == WeightMode::kRow ? Layout::kIndexRowWeighted : Layout::kIndex)
                           : in.weight_mode == WeightMode::kNone && !p.index_target ? Layout::kDense
                                                                              : Layout::kGeneral;
     auto* loss = static_cast<scalar_t*>(p.loss);
     auto* grad = static_cast<scalar_t*>(p.grad);
     // An access spans at most two rows (elements_forward) unless the layout has no rows.
-    const int access_elements = layout == Layout::kIndex ? kAdjacentVectors<Layout::kIndex, scalar_t> * V : V;
+    const int access_elements = two_rows_per_access(layout) ? kAdjacentVectors<Layout::kIndex, scalar_t> * V : V;
     in.vectorized = is_vector_aligned(in.x) && is_vector_aligned(loss) && is_vector_aligned(grad) &&
                     is_vector_aligned(in.dense_target) &&
                     (layout == Layout::kDense || in.C >= access_elements);
@@ -529,6 +558,8 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
           }
         } else if (layout == Layout::kIndexAligned) {
           launch_with_point<scalar_t, Layout::kIndexAligned>(in, loss, grad, point, reduce, device, stream);
+        } else if (layout == Layout::kIndexRowWeighted) {
+          launch_with_point<scalar_t, Layout::kIndexRowWeighted>(in, loss, grad, point, reduce, device, stream);
         } else {
           launch_with_point<scalar_t, Layout::kIndex>(in, loss, grad, point, reduce, device, stream);
         }
