@@ -348,9 +348,9 @@ C10_HOST_DEVICE inline void varifocal_point(T x, T q, T alpha, T gamma, bool iou
   if (G != 0) grad = grad + fm_select(positive, zero, s.ce * dw);
 }
 
-// varifocal_point for a class-index target: q = q_on at the target class (`on`, which the caller sets only where q_on is
-// not <= 0: a target class of q = 0 is one more negative), else 0. w_on: the positive's weight (q_on or 1, times the
-// row's weight), a_off: alpha times the row's weight. The q = 0 elements take sigmoid_focal_hard_point's t = 0 form
+// varifocal_point for a class-index target: q = q_on at the target class (`on`, which the caller sets only where q_on
+// is not <= 0: a target class of q = 0 is one more negative), else 0. w_on: the positive's weight (q_on or 1, times
+// the row's weight), a_off: alpha times the row's weight. The q = 0 elements take sigmoid_focal_hard_point's t = 0 form
 // (alpha p**gamma ce, d/dx = alpha p**gamma (p + gamma q ce)); the target class swaps in w_on ce and w_on (p - q_on),
 // from the same e, sigmoid(|x|) and log1p(e). ce keeps the general form |x| c + log1p(e), so a NaN q_on (which takes
 // the target form) or an infinite logit reaches the loss as varifocal_point's does.

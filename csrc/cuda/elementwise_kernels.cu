@@ -27,9 +27,9 @@ constexpr bool two_rows_per_access(Layout L) {
   return L == Layout::kIndex || L == Layout::kIndexRowWeighted;
 }
 
-// A logit whose terms are exactly 0 in every point (p = 0, ce = 0, and each factor finite): what kIndex's elements of an
-// ignored row compute on, so that their loss and gradient are 0 with no weight of 0 per row (whose pick per element
-// between an access's two rows costs more than the select of this input).
+// A logit whose terms are exactly 0 in every point (p = 0, ce = 0, and each factor finite): what kIndex's elements of
+// an ignored row compute on, so that their loss and gradient are 0 with no weight of 0 per row (whose pick per
+// element between an access's two rows costs more than the select of this input).
 constexpr float kIgnoredLogit = -0x1p100f;
 
 namespace {
@@ -525,6 +525,9 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
     // Rows of any other length take kIndex's groups (an access spans two rows at most) when at least that long; shorter
     // ones (V <= C < kGroupVectors V) the general layout's single vectors.
     const bool short_rows = in.C >= V && in.C < kAdjacentVectors<Layout::kIndex, scalar_t> * V;
+    // double rows of any length take the row-weighted kernels (one of kIndex's had a stack frame; double is not
+    // bandwidth-bound anyway).
+    constexpr bool kDouble = std::is_same_v<scalar_t, double>;
     const Layout layout = per_element_reads                        ? Layout::kGeneral
                           : p.index_target && kGroupVectors > 1 && in.C % (kGroupVectors * V) == 0 &&
                                     in.C <= (int64_t{1} << 30)  // col + step < 2C fits the cursor's int32
@@ -532,7 +535,8 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
                           : p.index_target && in.C % V == 0 && in.C <= (int64_t{1} << 30)
                               ? Layout::kIndexAligned
                           : p.index_target && !short_rows && in.C <= (int64_t{1} << 30)
-                              ? (in.weight_mode == WeightMode::kRow ? Layout::kIndexRowWeighted : Layout::kIndex)
+                              ? (in.weight_mode == WeightMode::kRow || kDouble ? Layout::kIndexRowWeighted
+                                                                               : Layout::kIndex)
                           : in.weight_mode == WeightMode::kNone && !p.index_target ? Layout::kDense
                                                                              : Layout::kGeneral;
     auto* loss = static_cast<scalar_t*>(p.loss);
@@ -558,9 +562,9 @@ void launch_elementwise_forward(const ElementwiseParams& p, int device, cudaStre
           }
         } else if (layout == Layout::kIndexAligned) {
           launch_with_point<scalar_t, Layout::kIndexAligned>(in, loss, grad, point, reduce, device, stream);
-        } else if (layout == Layout::kIndexRowWeighted) {
+        } else if (layout == Layout::kIndexRowWeighted || kDouble) {
           launch_with_point<scalar_t, Layout::kIndexRowWeighted>(in, loss, grad, point, reduce, device, stream);
-        } else {
+        } else if constexpr (!kDouble) {
           launch_with_point<scalar_t, Layout::kIndex>(in, loss, grad, point, reduce, device, stream);
         }
       } else {
