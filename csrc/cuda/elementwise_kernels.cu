@@ -268,7 +268,7 @@ template <typename op_t>
 struct RowTerms {
   int positive = -1;
   op_t q = op_t(1);       // the target class's value: score, or 1
-  op_t weight = op_t(1);  // row weight; 0 for an ignored row
+  op_t weight = op_t(1);  // row weight; 0 for an ignored row (kIndex: 1, its elements compute on kIgnoredLogit)
   bool counted = true;
 };
 
@@ -292,8 +292,10 @@ __device__ __forceinline__ RowTerms<opmath_t<scalar_t>> row_terms(const Elementw
     r.positive = (one_row_per_access(L) ? within : r.counted && tgt < in.C && within) ? static_cast<int>(at) : -1;
     if (in.score != nullptr) r.q = static_cast<op_t>(in.score[row]);
   }
-  if (L != Layout::kIndex && in.weight_mode == WeightMode::kRow) r.weight = in.weight[row];
-  if (!r.counted) r.weight = op_t(0);
+  if constexpr (L != Layout::kIndex) {  // kIndex: no row weight (the launcher sends them to kIndexRowWeighted)
+    if (in.weight_mode == WeightMode::kRow) r.weight = in.weight[row];
+    if (!r.counted) r.weight = op_t(0);
+  }
   return r;
 }
 
@@ -374,23 +376,18 @@ __device__ __forceinline__ int64_t elements_forward(const ElementwiseInputs<scal
       }
     } else {
       // Class-index layouts: what a row contributes, once per access; per element only whether it is the target.
-      // kIndex: no row weight, and an ignored row's elements compute on kIgnoredLogit, so the rows' weights are 1.
-      const op_t first_weight = L == Layout::kIndex ? op_t(1) : first.weight;
-      const op_t second_weight = L == Layout::kIndex ? op_t(1) : second.weight;
-      const auto first_row = point.row(first.q, first_weight);
-      const auto second_row = point.row(second.q, second_weight);
+      const auto first_row = point.row(first.q, first.weight);
+      const auto second_row = point.row(second.q, second.weight);
       // Bit k: element k lies in a counted row (one bit test per element, not a select between the rows' flags).
       static_assert(W < 32, "an access's elements are the bits of one 32-bit mask");
       const uint32_t first_row_bits = (1u << split) - 1u;
       const uint32_t counted_bits = (first.counted ? first_row_bits : 0u) | (second.counted ? ~first_row_bits : 0u);
-      // Ignored rows stay finite whatever their logits hold: x = 0 with weight 0 (one row per access, its x zeroed by
-      // to_opmath), or kIgnoredLogit (two rows per access).
-      const op_t ignored_x = two_rows_per_access(L) ? op_t(kIgnoredLogit) : op_t(0);
 #pragma unroll
       for (int k = 0; k < W; ++k) {
         const bool next_row = k >= split;
         const bool counted = one_row_per_access(L) || (counted_bits & (1u << k)) != 0u;
-        point.template indexed<P>(counted ? x[k] : ignored_x, k == first_on_at || k == second_on_at,
+        // An ignored row's elements compute on kIgnoredLogit (one row per access: x = 0 from to_opmath, weight 0).
+        point.template indexed<P>(counted ? x[k] : op_t(kIgnoredLogit), k == first_on_at || k == second_on_at,
                                   Point::Row::pick(next_row, first_row, second_row), l[k], g[k]);
         acc += l[k];
       }
