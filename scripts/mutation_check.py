@@ -161,6 +161,18 @@ MUTATIONS = [
              "return input.shape[1] if input.dim() >= 2 else",
              "return input.shape[-1] if input.dim() >= 2 else",
              "functional.py: a float softmax alpha is expanded over the last dim, not the class dim"),
+    Mutation("cpu-expm1-series-coefficient", "csrc/cpu/vec_math.h",
+             "1.0f / 24, 1.0f / 6, 0.5f, 1.0f}",
+             "1.0f / 24, 1.0f / 5, 0.5f, 1.0f}",
+             "CPU float expm1 (softmax p_t - 1 and 1 - p): a wrong series term, 4e-3 off at |x| = 0.35"),
+    Mutation("cpu-log1p-series-coefficient", "csrc/cpu/vec_math.h",
+             "1.0f / 3, -0.5f, 1.0f}",
+             "1.0f / 3, -0.45f, 1.0f}",
+             "CPU float log1p (softmax log-sum, log(1 - p)): a wrong series term, 3e-3 off at |x| = 1/16"),
+    Mutation("cpu-log1p-correction-unguarded", "csrc/cpu/vec_math.h",
+             "y.log() + fm_select(correction == correction, correction, Vec(0.0f));",
+             "y.log() + correction;",
+             "CPU float log1p(-1): the rounding correction's 0 / 0 turns -inf into NaN (binary at p = 1)"),
 ]
 
 

@@ -80,7 +80,7 @@ inline void softmax_hard_target_lanes(const LaneTargets<Vec>& lanes, const Vec& 
                                       Vec& target_pm1) {
   Vec weighted_logp, h;
   const Vec logp_t = log_softmax_value(Vec::loadu(lanes.x_t), row_max, log_sum);
-  target_pm1 = logp_t.expm1();
+  target_pm1 = fm_expm1(logp_t);
   softmax_focal_class_terms<G>(logp_t, Vec::loadu(lanes.alpha), gamma, weighted_logp, h, poly);
   const auto valid = lanes.valid_mask();
   const Vec w = lanes.weights();
@@ -161,7 +161,7 @@ ForwardSums softmax_rows_forward(const ForwardArgs& args, const opmath_t<scalar_
       tie_partial[i] = ties;
     }
     const Vec excess = softmax_excess(reduce_each(partial, add_op), reduce_each(tie_partial, add_op));
-    const Vec log_sum = excess.log1p();
+    const Vec log_sum = fm_log1p(excess);
     __at_align__ op_t inv_sum_of[L];
     (Vec(1) / (Vec(1) + excess)).store(inv_sum_of);
 

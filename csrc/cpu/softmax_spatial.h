@@ -79,7 +79,7 @@ ForwardSums softmax_spatial_forward(const ForwardArgs& args, const opmath_t<scal
       }, [&](int64_t k, int64_t c) { return static_cast<op_t>(x[c * S + v * L + k]); });
       for (int64_t k = 0; k < cnt; ++k) sums.count += lanes.valid[k] != op_t(0);
       const Vec excess = softmax_excess(vsum[v], vties[v]);
-      const Vec log_sum = excess.log1p();
+      const Vec log_sum = fm_log1p(excess);
       inv_sum[v] = Vec(1) / (Vec(1) + excess);
       target_id[v] = Vec::loadu(lanes.id);
       valid_of[v] = Vec::loadu(lanes.valid);
